@@ -1,0 +1,3 @@
+"""xmppspy: a debugging proxy for XMPP."""
+
+__version__ = "0.1.0"
