@@ -1,0 +1,50 @@
+"""XMPP namespaces, and the kind of a top-level element from its qualified name."""
+
+from __future__ import annotations
+
+from xmppspy.events import Kind
+
+STREAMS = "http://etherx.jabber.org/streams"
+STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+CLIENT = "jabber:client"
+SERVER = "jabber:server"
+COMPONENT = "jabber:component:accept"
+TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+SM = "urn:xmpp:sm:3"
+PING = "urn:xmpp:ping"
+ROSTER = "jabber:iq:roster"
+
+STANZA_NAMESPACES = (CLIENT, SERVER, COMPONENT)
+
+_KINDS: dict[tuple[str, str], Kind] = {
+    (STREAMS, "features"): Kind.FEATURES,
+    (STREAMS, "error"): Kind.STREAM_ERROR,
+    (TLS, "starttls"): Kind.STARTTLS,
+    (TLS, "proceed"): Kind.PROCEED,
+    (TLS, "failure"): Kind.TLS_FAILURE,
+    (SASL, "auth"): Kind.SASL_AUTH,
+    (SASL, "challenge"): Kind.SASL_CHALLENGE,
+    (SASL, "response"): Kind.SASL_RESPONSE,
+    (SASL, "success"): Kind.SASL_SUCCESS,
+    (SASL, "failure"): Kind.SASL_FAILURE,
+    (SASL, "abort"): Kind.SASL_ABORT,
+    (SM, "enable"): Kind.SM_ENABLE,
+    (SM, "enabled"): Kind.SM_ENABLED,
+    (SM, "r"): Kind.SM_REQUEST,
+    (SM, "a"): Kind.SM_ANSWER,
+    (SM, "resume"): Kind.SM_RESUME,
+    (SM, "resumed"): Kind.SM_RESUMED,
+    (SM, "failed"): Kind.SM_FAILED,
+}
+for _ns in STANZA_NAMESPACES:
+    _KINDS[(_ns, "message")] = Kind.MESSAGE
+    _KINDS[(_ns, "presence")] = Kind.PRESENCE
+    _KINDS[(_ns, "iq")] = Kind.IQ
+
+
+def classify(namespace: str, local: str) -> Kind:
+    """The kind of a top-level element; anything unknown is ``Kind.OTHER``."""
+    return _KINDS.get((namespace, local), Kind.OTHER)

@@ -1,0 +1,358 @@
+"""One direction of an XMPP stream: bytes in, events out, nothing else (sans-IO).
+
+expat frames the stream: its ``CurrentByteIndex`` tells where each top-level element starts and
+ends, so every event carries the exact bytes it covers, whatever the chunking. Only restricted
+XML (RFC 6120 section 11) is accepted; a DOCTYPE, comment, processing instruction, undeclared
+entity, non-UTF-8 encoding or over-long element ends parsing for this direction with a
+``ParseError`` and every later byte is reported as ``Opaque``: the bytes are never held back.
+
+After a ``<proceed/>`` or SASL ``<success/>`` the stream restarts; which elements pause the parser
+is the caller's choice (``pause_after``), and ``restart()`` / ``go_opaque()`` resume it with the
+bytes that arrived after the pausing element, like h11's ``trailing_data``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Collection
+from xml.parsers import expat
+
+from xmppspy.events import (
+    Direction,
+    Keepalive,
+    Kind,
+    Opaque,
+    OpaqueReason,
+    ParseError,
+    Stanza,
+    StreamClosed,
+    StreamOpened,
+    WireEvent,
+)
+from xmppspy.namespaces import STREAMS, classify
+from xmppspy.xml import context_tag
+
+DEFAULT_MAX_STANZA_SIZE = 1024 * 1024
+"""Bytes one top-level element (or stream header) may take before it is reported, not parsed."""
+
+_XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
+_STREAM = STREAMS + " stream"
+_WHITESPACE = b" \t\r\n"
+_START_TAG = re.compile(rb"""<[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*(/?)>""")
+
+
+class State(enum.Enum):
+    HEADER = "header"
+    """Waiting for a ``<stream:stream>`` header."""
+    STREAM = "stream"
+    PAUSED = "paused"
+    """Stopped after an element in ``pause_after``; later bytes are held until resumed."""
+    CLOSED = "closed"
+    OPAQUE = "opaque"
+
+
+class _Stop(Exception):
+    """Raised inside an expat handler to stop at an element boundary."""
+
+
+class _Violation(Exception):
+    """Raised inside an expat handler for XML that XMPP forbids."""
+
+
+def _sniff(first_bytes: bytes) -> str | None:
+    """Name the protocol a peer speaks instead of XMPP, from its first bytes."""
+    if first_bytes[:2] == b"\x16\x03":
+        return "this is a TLS handshake, not XML: the peer expects direct TLS on this port"
+    if re.match(rb"(GET|POST|PUT|HEAD|OPTIONS|CONNECT|DELETE|PATCH) \S+ HTTP/1", first_bytes):
+        return "this is an HTTP request, not an XMPP stream"
+    return None
+
+
+def _clark(expat_name: str) -> str:
+    namespace, sep, local = expat_name.rpartition(" ")
+    return f"{{{namespace}}}{local}" if sep else local
+
+
+class StreamParser:
+    """Parses one direction of one XMPP stream. Feed bytes in any chunking; get events."""
+
+    def __init__(
+        self,
+        direction: Direction,
+        *,
+        max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE,
+        pause_after: Collection[Kind] = (),
+    ) -> None:
+        self.direction = direction
+        self.max_stanza_size = max_stanza_size
+        self._pause_after = frozenset(pause_after)
+        self.state = State.HEADER
+        self._opaque_reason = OpaqueReason.AFTER_ERROR
+        self._fed = 0
+        """Bytes fed so far: the absolute offset of the next byte."""
+        self._buf = bytearray()
+        self._buf_start = 0
+        self._emitted = 0
+        self._headers = 0
+        self._events: list[WireEvent] = []
+        self._new_expat()
+
+    def _new_expat(self) -> None:
+        parser = expat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
+        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        parser.StartElementHandler = self._start
+        parser.EndElementHandler = self._end
+        parser.StartNamespaceDeclHandler = self._namespace
+        parser.XmlDeclHandler = self._xml_declaration
+        parser.StartDoctypeDeclHandler = self._doctype
+        parser.CommentHandler = self._comment
+        parser.ProcessingInstructionHandler = self._processing_instruction
+        parser.EntityDeclHandler = self._entity_declaration
+        self._expat = parser
+        self._expat_base = self._emitted
+        self._depth = 0
+        self._declarations: dict[str | None, str] = {}
+        self._context = b""
+        self._stanza_start = 0
+        self._stanza_self_closing = False
+        self._stanza_name = ""
+        self._stanza_attrs: dict[str, str] = {}
+        self._first_child: str | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[WireEvent]:
+        """Take the next bytes of the stream; return the events they complete."""
+        if not data:
+            return []
+        self._fed += len(data)
+        if self.state is State.OPAQUE:
+            self._emitted = self._fed
+            return [Opaque(self.direction, bytes(data), self._opaque_reason)]
+        self._buf += data
+        if self.state is State.PAUSED:
+            return []
+        return self._parse(data)
+
+    def restart(self) -> list[WireEvent]:
+        """Expect a new stream header (after STARTTLS or SASL success), parsing held bytes."""
+        trailing = self._take_unemitted()
+        self.state = State.HEADER
+        self._new_expat()
+        if not trailing:
+            return []
+        self._buf += trailing
+        return self._parse(trailing)
+
+    def go_opaque(self, reason: OpaqueReason) -> list[WireEvent]:
+        """Stop parsing: from here on every byte is reported as ``Opaque`` (e.g. TLS)."""
+        trailing = self._take_unemitted()
+        self.state = State.OPAQUE
+        self._opaque_reason = reason
+        self._emitted = self._fed
+        return [Opaque(self.direction, trailing, reason)] if trailing else []
+
+    @property
+    def pending(self) -> int:
+        """Bytes fed but not yet part of any event (an incomplete element)."""
+        return self._fed - self._emitted
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def _take_unemitted(self) -> bytes:
+        trailing = bytes(self._buf[self._emitted - self._buf_start :])
+        self._buf.clear()
+        self._buf_start = self._emitted
+        return trailing
+
+    def _parse(self, data: bytes) -> list[WireEvent]:
+        self._events = events = []
+        if self.state is State.CLOSED:
+            self._after_close()
+            return events
+        try:
+            self._expat.Parse(data, False)
+        except _Stop:
+            if self.state is State.CLOSED:
+                self._after_close()
+        except _Violation as exc:
+            self._fail(str(exc), self._expat_base + self._expat.CurrentByteIndex)
+        except expat.ExpatError as exc:
+            reason = expat.errors.messages[exc.code] if exc.code else str(exc)
+            self._fail(reason, self._expat_base + self._expat.ErrorByteIndex)
+        else:
+            if self._depth == 1:
+                self._between(self._fed, end_of_feed=True)
+            if self.pending > self.max_stanza_size:
+                what = "stream header" if self._depth == 0 else "element"
+                self._fail(
+                    f"{what} larger than {self.max_stanza_size} bytes: relayed, not parsed",
+                    self._fed,
+                )
+        self._compact()
+        return events
+
+    def _compact(self) -> None:
+        drop = self._emitted - self._buf_start
+        if drop:
+            del self._buf[:drop]
+            self._buf_start = self._emitted
+
+    def _slice(self, start: int, end: int) -> bytes:
+        return bytes(self._buf[start - self._buf_start : end - self._buf_start])
+
+    def _tag_end(self, start: int) -> tuple[int, bool]:
+        """End offset of the start tag at ``start``, and whether it is self-closing."""
+        match = _START_TAG.match(self._buf, start - self._buf_start)
+        assert match is not None, "expat reported a start tag the framer cannot see"
+        return match.end() + self._buf_start, bool(match.group(1))
+
+    def _end_tag_end(self, start: int) -> int:
+        return self._buf.index(b">", start - self._buf_start) + 1 + self._buf_start
+
+    def _between(self, until: int, *, end_of_feed: bool = False) -> None:
+        """Report bytes between top-level elements: whitespace keepalives, or stray text."""
+        start = self._emitted
+        if until <= start:
+            return
+        gap = self._slice(start, until)
+        if end_of_feed:
+            lt = gap.find(b"<")
+            if lt != -1:
+                gap = gap[:lt]
+            if not gap:
+                return
+        self._emitted = start + len(gap)
+        if not gap.strip(_WHITESPACE):
+            self._events.append(Keepalive(self.direction, gap))
+        else:
+            reason = "text between stanzas (only whitespace is allowed)"
+            self._events.append(ParseError(self.direction, gap, start, start, reason))
+
+    def _fail(self, reason: str, at: int) -> None:
+        raw = self._take_unemitted()
+        offset = self._emitted
+        if offset == 0:
+            reason = _sniff(raw) or reason
+        self.state = State.OPAQUE
+        self._opaque_reason = OpaqueReason.AFTER_ERROR
+        self._emitted = self._fed
+        self._events.append(ParseError(self.direction, raw, offset, max(at, offset), reason))
+
+    def _after_close(self) -> None:
+        trailing = self._buf[self._emitted - self._buf_start :]
+        if not trailing.strip(_WHITESPACE):
+            self._between(self._fed)
+        else:
+            self._fail("data after </stream:stream>", self._emitted)
+
+    # -- expat handlers -----------------------------------------------------------------------
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        depth = self._depth
+        self._depth = depth + 1
+        if depth == 1:
+            start = self._expat_base + self._expat.CurrentByteIndex
+            self._between(start)
+            self._stanza_start = start
+            self._stanza_name = name
+            self._stanza_attrs = attrs
+            self._first_child = None
+            _, self._stanza_self_closing = self._tag_end(start)
+        elif depth == 2:
+            if self._first_child is None:
+                self._first_child = name
+        elif depth == 0:
+            self._header(name, attrs)
+
+    def _header(self, name: str, attrs: dict[str, str]) -> None:
+        if name != _STREAM:
+            raise _Violation(f"expected a <stream:stream> header, got <{_clark(name)}>")
+        start = self._expat_base + self._expat.CurrentByteIndex
+        end, self_closing = self._tag_end(start)
+        self._context = context_tag(self._declarations)
+        self._events.append(
+            StreamOpened(
+                self.direction,
+                self._slice(self._emitted, end),
+                to=attrs.get("to"),
+                from_=attrs.get("from"),
+                id=attrs.get("id"),
+                version=attrs.get("version"),
+                lang=attrs.get(_XML_LANG),
+                xmlns=self._declarations.get(None),
+                restart=self._headers > 0,
+                context=self._context,
+            )
+        )
+        self._headers += 1
+        self._emitted = end
+        self.state = State.STREAM
+        if self_closing:
+            self._depth = 0
+            self.state = State.CLOSED
+            raise _Stop
+
+    def _end(self, name: str) -> None:
+        self._depth -= 1
+        depth = self._depth
+        here = self._expat_base + self._expat.CurrentByteIndex
+        if depth == 1:
+            end = here if self._stanza_self_closing else self._end_tag_end(here)
+            self._stanza(end)
+        elif depth == 0:
+            self._between(here)
+            end = self._end_tag_end(here)
+            self._events.append(StreamClosed(self.direction, self._slice(self._emitted, end)))
+            self._emitted = end
+            self.state = State.CLOSED
+            raise _Stop
+
+    def _stanza(self, end: int) -> None:
+        namespace, _, local = self._stanza_name.rpartition(" ")
+        kind = classify(namespace, local)
+        attrs = self._stanza_attrs
+        child = self._first_child
+        self._events.append(
+            Stanza(
+                self.direction,
+                self._slice(self._stanza_start, end),
+                kind=kind,
+                name=_clark(self._stanza_name),
+                type=attrs.get("type"),
+                from_=attrs.get("from"),
+                to=attrs.get("to"),
+                id=attrs.get("id"),
+                child=_clark(child) if child is not None else None,
+                context=self._context,
+            )
+        )
+        self._emitted = end
+        if kind in self._pause_after:
+            self.state = State.PAUSED
+            raise _Stop
+
+    def _namespace(self, prefix: str | None, uri: str) -> None:
+        if self._depth == 0:
+            self._declarations[prefix] = uri
+
+    def _xml_declaration(self, version: str, encoding: str | None, standalone: int) -> None:
+        if version != "1.0":
+            raise _Violation(f"XML version {version!r}: XMPP streams are XML 1.0")
+        if encoding is not None and encoding.upper().replace("_", "-") not in {"UTF-8", "UTF8"}:
+            raise _Violation(f"encoding {encoding!r}: XMPP streams are UTF-8")
+
+    def _doctype(self, *_: object) -> None:
+        raise _Violation("DOCTYPE is not allowed in XMPP (RFC 6120 section 11.1)")
+
+    def _comment(self, _: str) -> None:
+        raise _Violation("comments are not allowed in XMPP (RFC 6120 section 11.1)")
+
+    def _processing_instruction(self, target: str, _: str) -> None:
+        raise _Violation(
+            f"processing instruction <?{target}?> is not allowed in XMPP (RFC 6120 section 11.1)"
+        )
+
+    def _entity_declaration(self, *_: object) -> None:
+        raise _Violation("entity declarations are not allowed in XMPP (RFC 6120 section 11.1)")

@@ -1,0 +1,93 @@
+"""Both directions of one proxied XMPP session, and the rules that tie them together.
+
+The cross-direction rules live here and nowhere else:
+
+- the server's ``<proceed/>`` switches both directions to TLS (opaque in this version);
+- the server's SASL ``<success/>`` restarts both streams;
+- a bind request and its result label the session with the bound full JID;
+- secrets are redacted before any event leaves the session, unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from xmppspy.events import (
+    Bound,
+    Direction,
+    Event,
+    Kind,
+    OpaqueReason,
+    Stanza,
+    TlsStarted,
+    WireEvent,
+)
+from xmppspy.namespaces import BIND
+from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE, StreamParser
+from xmppspy.redact import redact
+
+_BIND = "{" + BIND + "}bind"
+_BIND_JID = "{" + BIND + "}jid"
+
+
+class Session:
+    """Feed each direction's bytes; get the events of both, in the order they happened."""
+
+    def __init__(
+        self, *, max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE, show_secrets: bool = False
+    ) -> None:
+        self.show_secrets = show_secrets
+        self.parsers = {
+            Direction.C2S: StreamParser(Direction.C2S, max_stanza_size=max_stanza_size),
+            Direction.S2C: StreamParser(
+                Direction.S2C,
+                max_stanza_size=max_stanza_size,
+                pause_after=(Kind.PROCEED, Kind.SASL_SUCCESS),
+            ),
+        }
+        self.jid: str | None = None
+        self.tls = False
+        self._bind_requests: set[str | None] = set()
+
+    def feed(self, direction: Direction, data: bytes) -> list[Event]:
+        """Take bytes that travelled in ``direction``; return what they tell."""
+        pending: deque[WireEvent] = deque(self.parsers[direction].feed(data))
+        out: list[Event] = []
+        while pending:
+            event = pending.popleft()
+            if isinstance(event, Stanza):
+                out.append(event if self.show_secrets else redact(event))
+                pending.extend(self._rules(event, out))
+            else:
+                out.append(event)
+        return out
+
+    def _rules(self, stanza: Stanza, out: list[Event]) -> list[WireEvent]:
+        """Apply the cross-direction rules; return events that resuming a parser produced."""
+        kind, direction = stanza.kind, stanza.dir
+        if direction is Direction.S2C and kind is Kind.PROCEED:
+            self.tls = True
+            out.append(TlsStarted(direction))
+            return self.parsers[Direction.S2C].go_opaque(OpaqueReason.TLS) + self.parsers[
+                Direction.C2S
+            ].go_opaque(OpaqueReason.TLS)
+        if direction is Direction.S2C and kind is Kind.SASL_SUCCESS:
+            return self.parsers[Direction.S2C].restart() + self.parsers[Direction.C2S].restart()
+        if kind is Kind.IQ:
+            self._bind(stanza, out)
+        return []
+
+    def _bind(self, stanza: Stanza, out: list[Event]) -> None:
+        if stanza.dir is Direction.C2S:
+            if stanza.type == "set" and stanza.child == _BIND:
+                self._bind_requests.add(stanza.id)
+            return
+        if stanza.type == "result" and stanza.id in self._bind_requests:
+            self._bind_requests.discard(stanza.id)
+            try:
+                jid = stanza.element.findtext(f"{_BIND}/{_BIND_JID}")
+            except ValueError:
+                return
+            if jid:
+                self.jid = jid.strip()
+                out.append(Bound(stanza.dir, self.jid))
