@@ -167,15 +167,14 @@ class StreamParser:
         return trailing
 
     def _parse(self, data: bytes) -> list[WireEvent]:
-        self._events = events = []
+        self._events = events = list[WireEvent]()
         if self.state is State.CLOSED:
             self._after_close()
             return events
         try:
             self._expat.Parse(data, False)
         except _Stop:
-            if self.state is State.CLOSED:
-                self._after_close()
+            self._stopped()
         except _Violation as exc:
             self._fail(str(exc), self._expat_base + self._expat.CurrentByteIndex)
         except expat.ExpatError as exc:
@@ -239,6 +238,11 @@ class StreamParser:
         self._opaque_reason = OpaqueReason.AFTER_ERROR
         self._emitted = self._fed
         self._events.append(ParseError(self.direction, raw, offset, max(at, offset), reason))
+
+    def _stopped(self) -> None:
+        """A handler stopped expat at an element boundary: pause, or the stream closed."""
+        if self.state is State.CLOSED:
+            self._after_close()
 
     def _after_close(self) -> None:
         trailing = self._buf[self._emitted - self._buf_start :]
