@@ -1,0 +1,5 @@
+"""``python -m xmppspy``."""
+
+from xmppspy.cli import main
+
+main()

@@ -1,0 +1,358 @@
+"""Capture files: JSON Lines, one header line, then one line per event.
+
+The format is documented in docs/capture-format.md; bump ``VERSION`` on any incompatible change.
+Lines are flushed as they are written so that a killed proxy loses nothing it already saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from xmppspy import __version__
+from xmppspy.events import (
+    Bound,
+    Connected,
+    Direction,
+    Disconnected,
+    Event,
+    Keepalive,
+    Kind,
+    Opaque,
+    OpaqueReason,
+    ParseError,
+    Record,
+    Stanza,
+    StreamClosed,
+    StreamOpened,
+    TlsStarted,
+)
+from xmppspy.parser import StreamParser
+from xmppspy.xml import context_tag
+
+FORMAT = "xmppspy-capture"
+VERSION = 1
+
+
+class CaptureError(Exception):
+    """A file that cannot be read as a capture; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class CaptureHeader:
+    version: int
+    created: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# -- encoding -----------------------------------------------------------------------------------
+
+
+def _raw_fields(raw: bytes) -> dict[str, Any]:
+    try:
+        return {"raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"raw_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The JSON fields describing one event (without time and connection)."""
+    match event:
+        case Stanza():
+            return {
+                "dir": event.dir.value,
+                "event": "stanza",
+                **_raw_fields(event.raw),
+                **_drop_none(
+                    {
+                        "kind": event.kind.value,
+                        "name": event.name,
+                        "type": event.type,
+                        "from": event.from_,
+                        "to": event.to,
+                        "id": event.id,
+                        "child": event.child,
+                        "redacted": True if event.redacted else None,
+                    }
+                ),
+            }
+        case StreamOpened():
+            return {
+                "dir": event.dir.value,
+                "event": "open",
+                **_raw_fields(event.raw),
+                **_drop_none(
+                    {
+                        "to": event.to,
+                        "from": event.from_,
+                        "id": event.id,
+                        "version": event.version,
+                        "lang": event.lang,
+                        "xmlns": event.xmlns,
+                        "restart": True if event.restart else None,
+                    }
+                ),
+            }
+        case Keepalive():
+            return {"dir": event.dir.value, "event": "keepalive", **_raw_fields(event.raw)}
+        case StreamClosed():
+            return {"dir": event.dir.value, "event": "close", **_raw_fields(event.raw)}
+        case ParseError():
+            return {
+                "dir": event.dir.value,
+                "event": "parse-error",
+                **_raw_fields(event.raw),
+                "offset": event.offset,
+                "at": event.at,
+                "reason": event.reason,
+            }
+        case Opaque():
+            return {
+                "dir": event.dir.value,
+                "event": "opaque",
+                **_raw_fields(event.raw),
+                "reason": event.reason.value,
+            }
+        case TlsStarted():
+            return {"dir": event.dir.value, "event": "tls"}
+        case Bound():
+            return {"dir": event.dir.value, "event": "bound", "jid": event.jid}
+        case Connected():
+            return {"event": "connect", "client": event.client, "upstream": event.upstream}
+        case Disconnected():
+            return _drop_none(
+                {
+                    "event": "disconnect",
+                    "reason": event.reason,
+                    "c2s_bytes": event.c2s_bytes,
+                    "s2c_bytes": event.s2c_bytes,
+                    "c2s_stanzas": event.c2s_stanzas,
+                    "s2c_stanzas": event.s2c_stanzas,
+                    "jid": event.jid,
+                }
+            )
+
+
+def encode_record(record: Record) -> bytes:
+    """One capture line (with its newline) for a record."""
+    fields = {"t": record.t, "conn": record.conn, **event_fields(record.event)}
+    return orjson.dumps(fields) + b"\n"
+
+
+def encode_header(meta: dict[str, Any]) -> bytes:
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "tool": f"xmppspy {__version__}",
+        **meta,
+    }
+    return orjson.dumps(header) + b"\n"
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def create_capture_file(path: Path) -> IO[bytes]:
+    """Create (or truncate) a capture file readable by its owner only (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+class CaptureWriter:
+    """Writes records as capture lines, one write per batch, so each batch is on disk at once.
+
+    A failed write (disk full, file gone) does not stop the proxy: the writer reports it once
+    through ``warn`` and drops later records.
+    """
+
+    def __init__(self, out: IO[bytes], meta: dict[str, Any], warn: Callable[[str], None]) -> None:
+        self._out = out
+        self._warn = warn
+        self.failed: OSError | None = None
+        self.written = 0
+        self._write(encode_header(meta))
+
+    def accept(self, records: Sequence[Record]) -> None:
+        if records and self.failed is None:
+            self._write(b"".join(encode_record(record) for record in records))
+            self.written += len(records)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._out.write(view) :]
+            self._out.flush()
+        except OSError as exc:
+            self.failed = exc
+            self._warn(f"capture stopped, the proxy goes on: {exc.strerror or exc}")
+
+    def close(self) -> None:
+        try:
+            self._out.close()
+        except OSError as exc:
+            if self.failed is None:
+                self._warn(f"capture may be incomplete: {exc.strerror or exc}")
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaptureReader:
+    """Reads a capture back into records. ``truncated`` tells whether the last line was cut."""
+
+    path: Path
+    header: CaptureHeader
+    truncated: bool = False
+    _handle: IO[bytes] | None = field(default=None, repr=False)
+    _lines: Iterator[tuple[int, bytes]] = field(default_factory=lambda: iter(()), repr=False)
+    _contexts: dict[tuple[str, Direction], bytes] = field(default_factory=dict, repr=False)
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def __iter__(self) -> Iterator[Record]:
+        for number, line in self._lines:
+            if not line.strip():
+                continue
+            try:
+                fields = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                if not line.endswith(b"\n"):
+                    self.truncated = True
+                    return
+                raise CaptureError(f"{self.path}:{number}: not a JSON line ({exc})") from exc
+            try:
+                yield self._record(fields)
+            except (KeyError, ValueError, TypeError, binascii.Error) as exc:
+                raise CaptureError(f"{self.path}:{number}: not a capture record ({exc!r})") from exc
+
+    def _record(self, f: dict[str, Any]) -> Record:
+        return Record(t=float(f["t"]), conn=str(f["conn"]), event=self._event(f))
+
+    def _event(self, f: dict[str, Any]) -> Event:
+        name = f["event"]
+        if name == "connect":
+            return Connected(client=f["client"], upstream=f["upstream"])
+        if name == "disconnect":
+            return Disconnected(
+                reason=f["reason"],
+                c2s_bytes=int(f["c2s_bytes"]),
+                s2c_bytes=int(f["s2c_bytes"]),
+                c2s_stanzas=int(f["c2s_stanzas"]),
+                s2c_stanzas=int(f["s2c_stanzas"]),
+                jid=f.get("jid"),
+            )
+        direction = Direction(f["dir"])
+        if name == "tls":
+            return TlsStarted(direction)
+        if name == "bound":
+            return Bound(direction, f["jid"])
+        raw = f["raw"].encode("utf-8") if "raw" in f else base64.b64decode(f["raw_b64"])
+        key = (f["conn"], direction)
+        match name:
+            case "stanza":
+                return Stanza(
+                    direction,
+                    raw,
+                    kind=Kind(f["kind"]),
+                    name=f["name"],
+                    type=f.get("type"),
+                    from_=f.get("from"),
+                    to=f.get("to"),
+                    id=f.get("id"),
+                    child=f.get("child"),
+                    context=self._contexts.get(key, b""),
+                    redacted=bool(f.get("redacted", False)),
+                )
+            case "open":
+                context = _header_context(raw)
+                self._contexts[key] = context
+                return StreamOpened(
+                    direction,
+                    raw,
+                    to=f.get("to"),
+                    from_=f.get("from"),
+                    id=f.get("id"),
+                    version=f.get("version"),
+                    lang=f.get("lang"),
+                    xmlns=f.get("xmlns"),
+                    restart=bool(f.get("restart", False)),
+                    context=context,
+                )
+            case "keepalive":
+                return Keepalive(direction, raw)
+            case "close":
+                return StreamClosed(direction, raw)
+            case "parse-error":
+                return ParseError(direction, raw, int(f["offset"]), int(f["at"]), f["reason"])
+            case "opaque":
+                return Opaque(direction, raw, OpaqueReason(f["reason"]))
+        raise ValueError(f"unknown event {name!r}")
+
+
+def _header_context(raw: bytes) -> bytes:
+    """The namespace context of a recorded stream header, to parse its stanzas lazily."""
+    for event in StreamParser(Direction.C2S).feed(raw):
+        if isinstance(event, StreamOpened):
+            return event.context
+    return context_tag({})
+
+
+def open_capture(path: Path) -> CaptureReader:
+    """Open a capture file and check its header; raises ``CaptureError`` with a reason."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise CaptureError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        header = _read_header(path, handle)
+    except (CaptureError, OSError):
+        handle.close()
+        raise
+    lines = enumerate(handle, start=2)
+    meta = {k: v for k, v in header.items() if k not in {"format", "version", "created"}}
+    header_record = CaptureHeader(VERSION, str(header.get("created", "")), meta)
+    return CaptureReader(path, header_record, _handle=handle, _lines=lines)
+
+
+def _read_header(path: Path, handle: IO[bytes]) -> dict[str, Any]:
+    first = handle.readline(1024 * 1024)
+    if not first:
+        raise CaptureError(f"{path} is empty: not an xmppspy capture")
+    try:
+        header = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        raise CaptureError(
+            f"{path} is not an xmppspy capture (its first line is not JSON)"
+        ) from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CaptureError(f'{path} is not an xmppspy capture (no "format": "{FORMAT}" header)')
+    version = header.get("version")
+    if version != VERSION:
+        raise CaptureError(
+            f"{path} is capture format version {version!r}; this xmppspy reads version {VERSION}"
+        )
+    return header

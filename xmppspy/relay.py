@@ -1,0 +1,255 @@
+"""trio: accept clients, connect each to the upstream server, move bytes both ways.
+
+Each read is fed to the session (which only observes), its records go to the sink, and then the
+bytes are forwarded unchanged. Feeding before forwarding means the capture holds every byte a
+peer was sent, and that the session's restart rules (after ``<proceed/>`` or ``<success/>``) are
+applied before the other peer can possibly answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from xmppspy.events import (
+    Connected,
+    Direction,
+    Disconnected,
+    Event,
+    Record,
+    Stanza,
+)
+from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
+from xmppspy.session import Session
+
+READ_SIZE = 64 * 1024
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+"""Resource exhaustion: wait and accept again rather than stop serving everyone."""
+CONNECT_TIMEOUT = 10.0
+
+UPSTREAM_FAILED = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+    b"<stream:error><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+    b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>xmppspy could not reach the server"
+    b"</text></stream:error></stream:stream>"
+)
+"""What a client is told when the upstream server cannot be reached (RFC 6120 4.9.3.16)."""
+
+
+class Sink(Protocol):
+    """Receives records as they happen. Must not block: it runs on the relay's path."""
+
+    def accept(self, records: Sequence[Record]) -> None: ...
+
+
+class FanOut:
+    """Gives every record to several sinks, in order."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def accept(self, records: Sequence[Record]) -> None:
+        for sink in self.sinks:
+            sink.accept(records)
+
+
+class ChannelSink:
+    """Hands records to a slower consumer (the view) without ever waiting for it.
+
+    When the channel is full the record is dropped and counted: the relay goes on, the view says
+    how many it skipped, and the capture (a separate sink) still gets every record.
+    """
+
+    def __init__(
+        self, channel: trio.MemorySendChannel[Record], wants: Callable[[Record], bool]
+    ) -> None:
+        self.channel = channel
+        self.wants = wants
+        self.dropped = 0
+
+    def accept(self, records: Sequence[Record]) -> None:
+        for record in records:
+            if self.wants(record):
+                try:
+                    self.channel.send_nowait(record)
+                except trio.WouldBlock:
+                    self.dropped += 1
+                except trio.ClosedResourceError:
+                    return
+
+    def take_dropped(self) -> int:
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    upstream: str
+    """``HOST:PORT`` as the person wrote it, for messages."""
+    max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE
+    show_secrets: bool = False
+
+
+@dataclass
+class ConnectionStats:
+    conn: str
+    client: str
+    started: float
+    bytes: dict[Direction, int] = field(default_factory=lambda: dict.fromkeys(Direction, 0))
+    stanzas: dict[Direction, int] = field(default_factory=lambda: dict.fromkeys(Direction, 0))
+    jid: str | None = None
+    reason: str = "open"
+
+    def summary(self) -> Disconnected:
+        return Disconnected(
+            reason=self.reason,
+            c2s_bytes=self.bytes[Direction.C2S],
+            s2c_bytes=self.bytes[Direction.S2C],
+            c2s_stanzas=self.stanzas[Direction.C2S],
+            s2c_stanzas=self.stanzas[Direction.S2C],
+            jid=self.jid,
+        )
+
+
+OpenUpstream = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+class _PeerGone(Exception):
+    """One side reset or broke the connection; the whole connection ends."""
+
+
+class Relay:
+    """Proxies client connections to one upstream. ``connections`` keeps every one's stats."""
+
+    def __init__(self, config: RelayConfig, open_upstream: OpenUpstream, sink: Sink) -> None:
+        self.config = config
+        self.open_upstream = open_upstream
+        self.sink = sink
+        self.connections: list[ConnectionStats] = []
+        self._ids = itertools.count(1)
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept clients until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_RETRY:
+                        raise
+                    await trio.sleep(0.1)
+                    continue
+                host, port = stream.socket.getpeername()[:2]
+                nursery.start_soon(self.handle, stream, f"{host}:{port}")
+
+    async def handle(self, client: trio.abc.Stream, client_name: str) -> None:
+        """Proxy one client until both sides are done, or one breaks."""
+        stats = ConnectionStats(f"c{next(self._ids)}", client_name, time.time())
+        self.connections.append(stats)
+        async with client:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    upstream = await self.open_upstream()
+            except (OSError, trio.TooSlowError) as exc:
+                stats.reason = f"upstream {self.config.upstream} unreachable: {_why(exc)}"
+                self._emit(stats.conn, [stats.summary()])
+                with trio.move_on_after(1):
+                    await _send_quietly(client, UPSTREAM_FAILED)
+                return
+            self._emit(stats.conn, [Connected(client_name, self.config.upstream)])
+            session = Session(
+                max_stanza_size=self.config.max_stanza_size,
+                show_secrets=self.config.show_secrets,
+            )
+            stats.reason = "proxy stopped"
+            try:
+                async with upstream, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, client, upstream, Direction.C2S, session, stats)
+                    nursery.start_soon(self._pump, upstream, client, Direction.S2C, session, stats)
+                stats.reason = "closed by both sides"
+            except* _PeerGone as group:
+                stats.reason = str(group.exceptions[0])
+            finally:
+                stats.jid = session.jid
+                self._emit(stats.conn, [stats.summary()])
+
+    async def _pump(
+        self,
+        source: trio.abc.Stream,
+        dest: trio.abc.Stream,
+        direction: Direction,
+        session: Session,
+        stats: ConnectionStats,
+    ) -> None:
+        reader, writer = _names(direction)
+        while True:
+            try:
+                data = await source.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _PeerGone(f"{reader} reset the connection: {_why(exc)}") from exc
+            if not data:
+                break
+            events = session.feed(direction, bytes(data))
+            stats.bytes[direction] += len(data)
+            stats.stanzas[direction] += sum(1 for e in events if isinstance(e, Stanza))
+            if events:
+                self._emit(stats.conn, events)
+            try:
+                await dest.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _PeerGone(f"{writer} went away: {_why(exc)}") from exc
+        if isinstance(dest, trio.abc.HalfCloseableStream):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await dest.send_eof()
+
+    def _emit(self, conn: str, events: Sequence[Event]) -> None:
+        now = time.time()
+        self.sink.accept([Record(now, conn, event) for event in events])
+
+
+def _names(direction: Direction) -> tuple[str, str]:
+    return ("client", "server") if direction is Direction.C2S else ("server", "client")
+
+
+def _why(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if cause is not None and cause is not exc:
+        return _why(cause)
+    return str(exc) or type(exc).__name__
+
+
+async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+def tcp_upstream(host: str, port: int) -> OpenUpstream:
+    """Opens a TCP connection to the configured upstream, and nowhere else."""
+
+    async def open_upstream() -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, port)
+
+    return open_upstream

@@ -1,0 +1,190 @@
+"""How records look in a terminal: one header line each, stanzas as indented, highlighted XML.
+
+The same ``View`` serves the live proxy and offline replay, so a capture looks exactly like the
+session it recorded. The caller owns the rich ``Console``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import datetime, tzinfo
+
+from lxml import etree
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.rule import Rule
+from rich.syntax import Syntax
+from rich.text import Text
+
+from xmppspy.events import (
+    Bound,
+    Connected,
+    Direction,
+    Disconnected,
+    Keepalive,
+    Opaque,
+    OpaqueReason,
+    ParseError,
+    Record,
+    Stanza,
+    StreamClosed,
+    StreamOpened,
+    TlsStarted,
+)
+from xmppspy.xml import parse_stanza
+
+ARROWS = {Direction.C2S: "C→S", Direction.S2C: "S→C"}
+STYLES = {Direction.C2S: "bold cyan", Direction.S2C: "bold magenta"}
+PRETTY_LIMIT = 16 * 1024
+"""Pretty XML is cut after this many characters (``--raw`` shows everything)."""
+EXCERPT = 200
+
+
+def pretty_xml(stanza: Stanza) -> str:
+    """The stanza indented for reading, or its raw text when it cannot be parsed."""
+    try:
+        element = parse_stanza(stanza.context, stanza.raw)
+    except ValueError:
+        return stanza.raw.decode("utf-8", "backslashreplace")
+    wrapper = copy.deepcopy(element.getparent())
+    assert wrapper is not None
+    etree.indent(wrapper, space="  ")
+    lines = etree.tostring(wrapper, encoding="unicode").splitlines()[1:-1]
+    return "\n".join(line[2:] for line in lines)
+
+
+def _excerpt(raw: bytes, limit: int | None) -> str:
+    text = raw.decode("utf-8", "backslashreplace")
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}… ({len(raw)} bytes in all)"
+    return text
+
+
+def _xml(code: str) -> Syntax:
+    return Syntax(code, "xml", theme="ansi_dark", background_color="default", word_wrap=True)
+
+
+class View:
+    """Renders records to a console; keeps each connection's label (its JID once bound)."""
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        raw: bool = False,
+        predicate: Callable[[Record], bool] = lambda _: True,
+        tz: tzinfo | None = None,
+    ) -> None:
+        self.console = console
+        self.raw = raw
+        self.predicate = predicate
+        self.tz = tz
+        self.labels: dict[str, str] = {}
+
+    def wants(self, record: Record) -> bool:
+        """Whether ``show`` needs this record: it matches, or it changes a label."""
+        return isinstance(record.event, Bound) or self.predicate(record)
+
+    def show(self, record: Record) -> None:
+        if isinstance(record.event, Bound):
+            self.labels[record.conn] = f"{record.conn} {record.event.jid}"
+        if self.predicate(record):
+            self.console.print(self.render(record))
+
+    def skipped(self, count: int) -> None:
+        self.console.print(
+            Text(
+                f"… {count} events not shown: the terminal could not keep up "
+                "(the capture has them all)",
+                style="bold yellow",
+            )
+        )
+
+    def render(self, record: Record) -> RenderableType:
+        event = record.event
+        when = datetime.fromtimestamp(record.t, self.tz).strftime("%H:%M:%S.%f")[:-3]
+        label = self.labels.get(record.conn, record.conn)
+        head = Text.assemble((when, "dim"), " ", (label, "bold"), " ")
+        if hasattr(event, "dir"):
+            head.append(ARROWS[event.dir], STYLES[event.dir])
+            head.append(" ")
+        match event:
+            case Stanza():
+                return self._stanza(head, event)
+            case StreamOpened():
+                what = "stream restarted" if event.restart else "stream opened"
+                attrs = " ".join(
+                    f"{name}={value}"
+                    for name, value in (
+                        ("to", event.to),
+                        ("from", event.from_),
+                        ("id", event.id),
+                        ("version", event.version),
+                        ("lang", event.lang),
+                    )
+                    if value is not None
+                )
+                rule = Rule(head + Text(f"{what} {attrs}".strip(), "bold"), align="left")
+                return self._with_raw(rule, event.raw)
+            case StreamClosed():
+                return self._with_raw(
+                    Rule(head + Text("stream closed", "bold"), align="left"), event.raw
+                )
+            case Keepalive():
+                return head + Text(f"keepalive ({len(event.raw)} bytes)", "dim")
+            case ParseError():
+                head.append(f"parse error at byte {event.at}: {event.reason}", "bold red")
+                body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "red")
+                return Group(head, Padding(body, (0, 0, 0, 4)))
+            case Opaque():
+                if event.reason is OpaqueReason.TLS:
+                    return head + Text(f"{len(event.raw)} bytes encrypted", "dim")
+                head.append(f"{len(event.raw)} bytes relayed, not parsed", "red")
+                body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "dim")
+                return Group(head, Padding(body, (0, 0, 0, 4)))
+            case TlsStarted():
+                return Rule(
+                    head + Text("TLS started: encrypted from here", "bold yellow"), align="left"
+                )
+            case Bound():
+                return head + Text(f"bound as {event.jid}", "bold green")
+            case Connected():
+                return head + Text(f"connected {event.client} → {event.upstream}", "green")
+            case Disconnected():
+                return head + Text(summary(event), "green")
+
+    def _with_raw(self, renderable: RenderableType, raw: bytes) -> RenderableType:
+        if not self.raw:
+            return renderable
+        return Group(renderable, Padding(_xml(_excerpt(raw, None)), (0, 0, 0, 4)))
+
+    def _stanza(self, head: Text, stanza: Stanza) -> RenderableType:
+        head.append(stanza.kind.value if stanza.kind.value != "other" else stanza.name, "bold")
+        details = [
+            f"{name}={value}"
+            for name, value in (("type", stanza.type), ("id", stanza.id))
+            if value is not None
+        ]
+        if stanza.from_ or stanza.to:
+            details.append(f"{stanza.from_ or '·'} → {stanza.to or '·'}")
+        if details:
+            head.append("  " + "  ".join(details))
+        if stanza.redacted:
+            head.append("  (secrets redacted)", "yellow")
+        if self.raw:
+            code = _excerpt(stanza.raw, None)
+        else:
+            code = pretty_xml(stanza)
+            if len(code) > PRETTY_LIMIT:
+                code = f"{code[:PRETTY_LIMIT]}\n… ({len(stanza.raw)} bytes in all; --raw shows all)"
+        return Group(head, Padding(_xml(code), (0, 0, 0, 4)))
+
+
+def summary(event: Disconnected) -> str:
+    """One line that says what crossed a connection."""
+    who = f" {event.jid}" if event.jid else ""
+    return (
+        f"closed{who}: {event.reason}; C→S {event.c2s_stanzas} stanzas {event.c2s_bytes} bytes, "
+        f"S→C {event.s2c_stanzas} stanzas {event.s2c_bytes} bytes"
+    )
