@@ -83,7 +83,7 @@ def _is_loopback(host: str) -> bool:
 def _consoles(*, color: bool = True) -> tuple[Console, Console]:
     no_color = bool(os.environ.get("NO_COLOR")) or not color
     out = Console(no_color=no_color or None, highlight=False, soft_wrap=False)
-    err = Console(stderr=True, no_color=no_color or None, highlight=False)
+    err = Console(stderr=True, no_color=no_color or None, highlight=False, soft_wrap=True)
     return out, err
 
 

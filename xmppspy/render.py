@@ -54,6 +54,10 @@ def pretty_xml(stanza: Stanza) -> str:
     return "\n".join(line[2:] for line in lines)
 
 
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
+
+
 def _excerpt(raw: bytes, limit: int | None) -> str:
     text = raw.decode("utf-8", "backslashreplace")
     if limit is not None and len(text) > limit:
@@ -132,15 +136,15 @@ class View:
                     Rule(head + Text("stream closed", "bold"), align="left"), event.raw
                 )
             case Keepalive():
-                return head + Text(f"keepalive ({len(event.raw)} bytes)", "dim")
+                return head + Text(f"keepalive ({_bytes(len(event.raw))})", "dim")
             case ParseError():
                 head.append(f"parse error at byte {event.at}: {event.reason}", "bold red")
                 body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "red")
                 return Group(head, Padding(body, (0, 0, 0, 4)))
             case Opaque():
                 if event.reason is OpaqueReason.TLS:
-                    return head + Text(f"{len(event.raw)} bytes encrypted", "dim")
-                head.append(f"{len(event.raw)} bytes relayed, not parsed", "red")
+                    return head + Text(f"{_bytes(len(event.raw))} encrypted", "dim")
+                head.append(f"{_bytes(len(event.raw))} relayed, not parsed", "red")
                 body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "dim")
                 return Group(head, Padding(body, (0, 0, 0, 4)))
             case TlsStarted():

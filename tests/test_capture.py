@@ -1,0 +1,190 @@
+"""Capture files: what is written reads back as the same events, bytes exact; bad files are named."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+
+from xmppspy.capture import (
+    CaptureError,
+    CaptureWriter,
+    create_capture_file,
+    encode_record,
+    open_capture,
+)
+from xmppspy.events import (
+    Bound,
+    Connected,
+    Direction,
+    Disconnected,
+    Opaque,
+    OpaqueReason,
+    ParseError,
+    Record,
+    Stanza,
+)
+from xmppspy.session import Session
+
+HEADER_C = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
+)
+HEADER_S = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
+)
+PLAIN = base64.b64encode(b"\0alice\0s3cret-passw0rd")
+
+
+def session_records() -> list[Record]:
+    """A small plaintext login, as the relay would record it."""
+    session = Session()
+    feeds = [
+        (Direction.C2S, HEADER_C),
+        (Direction.S2C, HEADER_S + b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>"),
+        (Direction.C2S, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + PLAIN + b"</auth>"),
+        (Direction.S2C, b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"),
+        (Direction.C2S, HEADER_C + b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"),
+        (Direction.S2C, HEADER_S + b"<iq type='result' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/r</jid></bind></iq>"),
+        (Direction.C2S, b"<message to='bob@example.test' type='chat'><body>\xe2\x98\x83 &lt;&amp;</body></message> "),
+        (Direction.C2S, b"\xff\xfe not xml"),
+    ]  # fmt: skip
+    records = [Record(1.0, "c1", Connected("127.0.0.1:4000", "example.test:5222"))]
+    for i, (direction, data) in enumerate(feeds):
+        records += [Record(2.0 + i, "c1", e) for e in session.feed(direction, data)]
+    records.append(Record(20.0, "c1", Disconnected("closed by both sides", 1, 2, 3, 4, "a@b/c")))
+    return records
+
+
+def write(path: Path, records: list[Record]) -> None:
+    writer = CaptureWriter(create_capture_file(path), {"upstream": "example.test:5222"}, print)
+    writer.accept(records)
+    writer.close()
+
+
+def test_records_read_back_equal_with_exact_bytes(tmp_path: Path) -> None:
+    records = session_records()
+    path = tmp_path / "s.jsonl"
+    write(path, records)
+    with open_capture(path) as reader:
+        back = list(reader)
+    assert reader.header.meta["upstream"] == "example.test:5222"
+    assert back == records
+    assert not reader.truncated
+    # the lazily parsed element works on read-back stanzas too (namespaces from the header)
+    message = next(
+        r.event for r in back if isinstance(r.event, Stanza) and r.event.kind.value == "message"
+    )
+    assert message.element.findtext("{jabber:client}body") == "☃ <&"
+    assert any(isinstance(r.event, Bound) for r in back)
+
+
+def test_invalid_utf8_is_stored_as_base64_and_read_back_exactly(tmp_path: Path) -> None:
+    records = session_records()
+    path = tmp_path / "s.jsonl"
+    write(path, records)
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()[1:]]
+    error = next(line for line in lines if line["event"] == "parse-error")
+    assert base64.b64decode(error["raw_b64"]) == b"\xff\xfe not xml"
+    assert "raw" not in error
+
+
+def test_secrets_never_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write(path, session_records())
+    content = path.read_bytes()
+    assert PLAIN not in content
+    assert b"s3cret" not in content
+    assert b'"redacted":true' in content
+
+
+def test_capture_is_private_to_its_owner(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    write(path, [])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_every_line_is_on_disk_as_soon_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    writer = CaptureWriter(create_capture_file(path), {}, print)
+    records = session_records()
+    writer.accept(records[:3])
+    # read while the writer is still open: nothing is held back in a buffer
+    with open_capture(path) as reader:
+        assert list(reader) == records[:3]
+    writer.close()
+
+
+def test_a_cut_last_line_is_tolerated_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    records = session_records()
+    write(path, records)
+    content = path.read_bytes()
+    path.write_bytes(content[:-25])
+    with open_capture(path) as reader:
+        back = list(reader)
+    assert reader.truncated
+    assert back == records[:-1]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"hello world\n", "first line is not JSON"),
+        (b'{"format": "pcap"}\n', "not an xmppspy capture"),
+        (b'{"format": "xmppspy-capture", "version": 99}\n', "format version 99"),
+        (b'{"format": "xmppspy-capture", "version": 1}\n{"t": 1}\n', ":2: not a capture record"),
+        (b'{"format": "xmppspy-capture", "version": 1}\nnot json\n{}\n', ":2: not a JSON line"),
+    ],
+)
+def test_bad_files_get_a_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(CaptureError, match=message), open_capture(path) as reader:
+        list(reader)
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match=r"cannot open .*nope\.jsonl"):
+        open_capture(tmp_path / "nope.jsonl")
+
+
+def test_stanza_lines_carry_fields_for_jq() -> None:
+    session = Session()
+    session.feed(Direction.C2S, HEADER_C)
+    (stanza,) = session.feed(
+        Direction.C2S,
+        b"<iq type='get' id='p1' to='example.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    line = orjson.loads(encode_record(Record(5.5, "c7", stanza)))
+    assert line == {
+        "t": 5.5,
+        "conn": "c7",
+        "dir": "c2s",
+        "event": "stanza",
+        "raw": "<iq type='get' id='p1' to='example.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "kind": "iq",
+        "name": "{jabber:client}iq",
+        "type": "get",
+        "to": "example.test",
+        "id": "p1",
+        "child": "{urn:xmpp:ping}ping",
+    }
+
+
+def test_disk_full_warns_once_and_keeps_going(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    with Path("/dev/full").open("wb", buffering=0) as full:
+        writer = CaptureWriter(full, {}, warnings.append)
+        writer.accept([Record(1.0, "c1", Opaque(Direction.C2S, b"x", OpaqueReason.TLS))])
+        writer.accept([Record(2.0, "c1", ParseError(Direction.C2S, b"y", 0, 0, "bad"))])
+    assert len(warnings) == 1
+    assert "No space left on device" in warnings[0]
+    assert isinstance(writer.failed, OSError)
