@@ -6,6 +6,7 @@ import ipaddress
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -246,6 +247,8 @@ def proxy(
         relay = trio.run(_run_proxy, config, listen_at, upstream_at, view, writer, err)
     except OSError as exc:
         _fail(err, f"cannot listen on {listen_at}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        _fail(err, "interrupted before the proxy was ready", 130)
     finally:
         if writer is not None:
             writer.close()
@@ -263,34 +266,33 @@ async def _run_proxy(
     writer: CaptureWriter | None,
     err: Console,
 ) -> Relay:
-    listeners = await trio.open_tcp_listeners(listen_at.port, host=listen_at.host)
-    send, receive = trio.open_memory_channel[Record](VIEW_BUFFER)
-    sinks: list[Sink] = [writer] if writer is not None else []
-    channel_sink = None
-    if view is not None:
-        channel_sink = ChannelSink(send, view.wants)
-        sinks.append(channel_sink)
-    relay = Relay(config, tcp_upstream(upstream_at.host, upstream_at.port), FanOut(sinks))
-    async with trio.open_nursery() as outer:
-        if view is not None and channel_sink is not None:
-            outer.start_soon(_show, receive, view, channel_sink)
-        async with trio.open_nursery() as inner:
-            await inner.start(relay.serve, listeners)
-            err.print(
-                f"xmppspy {__version__}: listening on {listen_at}, relaying to {upstream_at}; "
-                "Ctrl-C stops",
-                highlight=False,
-            )
-            inner.start_soon(_stop_on_signal, inner.cancel_scope)
-        send.close()
+    # Installed for the whole run: a second Ctrl-C during shutdown must not become a traceback.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        listeners = await trio.open_tcp_listeners(listen_at.port, host=listen_at.host)
+        send, receive = trio.open_memory_channel[Record](VIEW_BUFFER)
+        sinks: list[Sink] = [writer] if writer is not None else []
+        channel_sink = ChannelSink(send, view.wants) if view is not None else None
+        if channel_sink is not None:
+            sinks.append(channel_sink)
+        relay = Relay(config, tcp_upstream(upstream_at.host, upstream_at.port), FanOut(sinks))
+        async with trio.open_nursery() as outer:
+            if view is not None and channel_sink is not None:
+                outer.start_soon(_show, receive, view, channel_sink)
+            async with trio.open_nursery() as inner:
+                await inner.start(relay.serve, listeners)
+                err.print(
+                    f"xmppspy {__version__}: listening on {listen_at}, relaying to {upstream_at}; "
+                    "Ctrl-C stops",
+                    highlight=False,
+                )
+                inner.start_soon(_stop_on_signal, signals, inner.cancel_scope)
+            send.close()
     return relay
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
 
 
 async def _show(
