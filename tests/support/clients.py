@@ -116,6 +116,8 @@ class ScenarioResult:
     errors: list[str] = field(default_factory=list)
     #: Wall-clock seconds the scenario took, disconnection included.
     duration: float = 0.0
+    #: What was to be sent: (sender, recipient) -> bodies.
+    script: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=lambda: SCRIPT)
 
     @property
     def ok(self) -> bool:
@@ -127,7 +129,7 @@ class ScenarioResult:
     def expected_received(self) -> dict[str, list[ReceivedMessage]]:
         """What each user should have received, given the JIDs that were bound."""
         expected: dict[str, list[ReceivedMessage]] = {user: [] for user in USERS}
-        for (sender, recipient), bodies in SCRIPT.items():
+        for (sender, recipient), bodies in self.script.items():
             from_jid = self.bound_jids.get(sender, f"<{sender} never bound>")
             to_jid = self.bound_jids.get(recipient, f"<{recipient} never bound>")
             expected[recipient] = [ReceivedMessage(from_jid, to_jid, b) for b in bodies]
@@ -169,13 +171,14 @@ def run_chat_scenario(
     timeout: float = 20.0,
     disconnect_timeout: float = 5.0,
     use_cdata: bool = False,
+    script: Mapping[tuple[str, str], tuple[str, ...]] = SCRIPT,
 ) -> ScenarioResult:
     """Play the chat between alice and bob against ``host:port``; see the module docstring.
 
     ``users`` maps user names to passwords and must contain ``alice`` and ``bob`` (accounts
     on ``domain``). ``timeout`` bounds everything up to the last message and the ping;
     ``disconnect_timeout`` bounds closing the streams. ``use_cdata`` makes slixmpp escape
-    text with CDATA sections instead of entities.
+    text with CDATA sections instead of entities. ``script`` replaces :data:`SCRIPT`.
 
     Never raises for a failure of the scenario itself: the returned result lists what went
     wrong in ``errors`` (call :meth:`ScenarioResult.assert_ok`). Must not be called from a
@@ -184,7 +187,7 @@ def run_chat_scenario(
     missing = [user for user in USERS if user not in users]
     if missing:
         raise ValueError(f"users lacks {missing}: the scenario needs {list(USERS)}")
-    result = ScenarioResult()
+    result = ScenarioResult(script=script)
     started = time.monotonic()
     loop = asyncio.new_event_loop()
     loop.set_exception_handler(lambda _loop, context: _loop_error(result, context))
@@ -231,7 +234,8 @@ class _Scenario:
         self.domain = domain
         self.result = result
         self.expected_counts = {
-            user: sum(len(b) for (_, to), b in SCRIPT.items() if to == user) for user in USERS
+            user: sum(len(b) for (_, to), b in result.script.items() if to == user)
+            for user in USERS
         }
         self.all_received = asyncio.Event()
         self.failed: asyncio.Future[str] = loop.create_future()
@@ -348,7 +352,7 @@ class _Scenario:
             await self._step(f"{user} fetches its roster", client.get_roster(), deadline)
             client.send_presence()
 
-        for (sender, recipient), bodies in SCRIPT.items():
+        for (sender, recipient), bodies in self.result.script.items():
             to = self.result.bound_jids[recipient]
             for body in bodies:
                 self.clients[sender].send_message(mto=to, mbody=body, mtype="chat")
