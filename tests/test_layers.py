@@ -1,0 +1,70 @@
+"""The dependency arrows of docs/design.md, checked on the source: lower layers never reach up."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import xmppspy
+
+PACKAGE = Path(xmppspy.__file__).parent
+
+# module -> the xmppspy modules and the outside packages it may import
+ALLOWED: dict[str, set[str]] = {
+    "xml": {"lxml"},
+    "events": {"xml", "lxml"},
+    "namespaces": {"events"},
+    "parser": {"events", "namespaces", "xml"},
+    "redact": {"events"},
+    "session": {"events", "namespaces", "parser", "redact"},
+    "filters": {"events"},
+    "capture": {"__init__", "events", "parser", "xml", "orjson"},
+    "render": {"events", "xml", "lxml", "rich"},
+    "relay": {"events", "parser", "session", "trio"},
+    "cli": {
+        "__init__",
+        "capture",
+        "events",
+        "filters",
+        "parser",
+        "relay",
+        "render",
+        "trio",
+        "typer",
+        "rich",
+    },
+    "__main__": {"cli"},
+    "__init__": set(),
+}
+THIRD_PARTY = {"trio", "rich", "typer", "lxml", "orjson"}
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+            if node.module == "xmppspy":
+                names = [f"xmppspy.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            top, _, rest = name.partition(".")
+            if top == "xmppspy":
+                found.add(rest.split(".")[0] if rest and rest != "__version__" else "__init__")
+            elif top in THIRD_PARTY:
+                found.add(top)
+    return found
+
+
+def test_every_module_has_a_place_in_the_layers() -> None:
+    assert {p.stem for p in PACKAGE.glob("*.py")} == set(ALLOWED)
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_module_imports_only_lower_layers(module: str) -> None:
+    assert imports(PACKAGE / f"{module}.py") <= ALLOWED[module]
