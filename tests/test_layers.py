@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "events": {"xml", "lxml"},
     "namespaces": {"events"},
     "parser": {"events", "namespaces", "xml"},
-    "redact": {"events"},
+    "redact": {"events", "parser"},
     "session": {"events", "namespaces", "parser", "redact"},
     "filters": {"events"},
     "capture": {"__init__", "events", "parser", "xml", "orjson"},

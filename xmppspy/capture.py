@@ -117,6 +117,7 @@ def event_fields(event: Event) -> dict[str, Any]:
                 "offset": event.offset,
                 "at": event.at,
                 "reason": event.reason,
+                **({"redacted": True} if event.redacted else {}),
             }
         case Opaque():
             return {
@@ -124,6 +125,7 @@ def event_fields(event: Event) -> dict[str, Any]:
                 "event": "opaque",
                 **_raw_fields(event.raw),
                 "reason": event.reason.value,
+                **({"redacted": True} if event.redacted else {}),
             }
         case TlsStarted():
             return {"dir": event.dir.value, "event": "tls"}
@@ -307,9 +309,21 @@ class CaptureReader:
             case "close":
                 return StreamClosed(direction, raw)
             case "parse-error":
-                return ParseError(direction, raw, int(f["offset"]), int(f["at"]), f["reason"])
+                return ParseError(
+                    direction,
+                    raw,
+                    int(f["offset"]),
+                    int(f["at"]),
+                    f["reason"],
+                    redacted=bool(f.get("redacted", False)),
+                )
             case "opaque":
-                return Opaque(direction, raw, OpaqueReason(f["reason"]))
+                return Opaque(
+                    direction,
+                    raw,
+                    OpaqueReason(f["reason"]),
+                    redacted=bool(f.get("redacted", False)),
+                )
         raise ValueError(f"unknown event {name!r}")
 
 

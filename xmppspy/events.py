@@ -136,6 +136,8 @@ class ParseError:
     at: int
     """Offset in this direction's byte stream of the byte where the problem was found."""
     reason: str
+    redacted: bool = False
+    """True when ``raw`` had bytes that may hold secrets replaced."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ class Opaque:
     dir: Direction
     raw: bytes
     reason: OpaqueReason
+    redacted: bool = False
+    """True when ``raw`` had bytes that may hold secrets replaced."""
 
 
 @dataclass(frozen=True)

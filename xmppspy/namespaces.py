@@ -14,6 +14,8 @@ SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 SM = "urn:xmpp:sm:3"
+SM_2 = "urn:xmpp:sm:2"
+"""XEP-0198's older namespace, still offered by Prosody 0.12 beside version 3."""
 PING = "urn:xmpp:ping"
 ROSTER = "jabber:iq:roster"
 
@@ -31,14 +33,15 @@ _KINDS: dict[tuple[str, str], Kind] = {
     (SASL, "success"): Kind.SASL_SUCCESS,
     (SASL, "failure"): Kind.SASL_FAILURE,
     (SASL, "abort"): Kind.SASL_ABORT,
-    (SM, "enable"): Kind.SM_ENABLE,
-    (SM, "enabled"): Kind.SM_ENABLED,
-    (SM, "r"): Kind.SM_REQUEST,
-    (SM, "a"): Kind.SM_ANSWER,
-    (SM, "resume"): Kind.SM_RESUME,
-    (SM, "resumed"): Kind.SM_RESUMED,
-    (SM, "failed"): Kind.SM_FAILED,
 }
+for _sm in (SM, SM_2):
+    _KINDS[(_sm, "enable")] = Kind.SM_ENABLE
+    _KINDS[(_sm, "enabled")] = Kind.SM_ENABLED
+    _KINDS[(_sm, "r")] = Kind.SM_REQUEST
+    _KINDS[(_sm, "a")] = Kind.SM_ANSWER
+    _KINDS[(_sm, "resume")] = Kind.SM_RESUME
+    _KINDS[(_sm, "resumed")] = Kind.SM_RESUMED
+    _KINDS[(_sm, "failed")] = Kind.SM_FAILED
 for _ns in STANZA_NAMESPACES:
     _KINDS[(_ns, "message")] = Kind.MESSAGE
     _KINDS[(_ns, "presence")] = Kind.PRESENCE

@@ -39,7 +39,8 @@ DEFAULT_MAX_STANZA_SIZE = 1024 * 1024
 _XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _STREAM = STREAMS + " stream"
 _WHITESPACE = b" \t\r\n"
-_START_TAG = re.compile(rb"""<[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*(/?)>""")
+# A start tag as bytes, attribute values quoted (they may hold ">"); group 1 is "/" if self-closing.
+START_TAG = re.compile(rb"""<[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*(/?)>""")
 
 
 class State(enum.Enum):
@@ -57,14 +58,18 @@ class _Stop(Exception):
 
 
 class _Violation(Exception):
-    """Raised inside an expat handler for XML that XMPP forbids."""
+    """Raised inside an expat handler for XML that XMPP forbids, found at byte ``at``."""
+
+    def __init__(self, reason: str, at: int | None = None) -> None:
+        super().__init__(reason)
+        self.at = at
 
 
 def _sniff(first_bytes: bytes) -> str | None:
     """Name the protocol a peer speaks instead of XMPP, from its first bytes."""
-    if first_bytes[:2] == b"\x16\x03":
+    if first_bytes[:1] == b"\x16":
         return "this is a TLS handshake, not XML: the peer expects direct TLS on this port"
-    if re.match(rb"(GET|POST|PUT|HEAD|OPTIONS|CONNECT|DELETE|PATCH) \S+ HTTP/1", first_bytes):
+    if re.match(rb"(GET|POST|PUT|HEAD|OPTIONS|CONNECT|DELETE|PATCH|TRACE) ", first_bytes):
         return "this is an HTTP request, not an XMPP stream"
     return None
 
@@ -132,11 +137,20 @@ class StreamParser:
             return [Opaque(self.direction, bytes(data), self._opaque_reason)]
         self._buf += data
         if self.state is State.PAUSED:
-            return []
+            if self.pending <= self.max_stanza_size:
+                return []
+            self._events = events = list[WireEvent]()
+            self._fail(f"more than {self.max_stanza_size} bytes while paused", self._emitted)
+            return events
         return self._parse(data)
 
     def restart(self) -> list[WireEvent]:
-        """Expect a new stream header (after STARTTLS or SASL success), parsing held bytes."""
+        """Expect a new stream header (after STARTTLS or SASL success), parsing held bytes.
+
+        A direction that failed stays opaque: its bytes are shown raw from the error on.
+        """
+        if self.state is State.OPAQUE:
+            return []
         trailing = self._take_unemitted()
         self.state = State.HEADER
         self._new_expat()
@@ -176,19 +190,18 @@ class StreamParser:
         except _Stop:
             self._stopped()
         except _Violation as exc:
-            self._fail(str(exc), self._expat_base + self._expat.CurrentByteIndex)
+            at = exc.at if exc.at is not None else self._expat_base + self._expat.CurrentByteIndex
+            self._fail(str(exc), at)
         except expat.ExpatError as exc:
             reason = expat.errors.messages[exc.code] if exc.code else str(exc)
             self._fail(reason, self._expat_base + self._expat.ErrorByteIndex)
         else:
-            if self._depth == 1:
-                self._between(self._fed, end_of_feed=True)
-            if self.pending > self.max_stanza_size:
-                what = "stream header" if self._depth == 0 else "element"
-                self._fail(
-                    f"{what} larger than {self.max_stanza_size} bytes: relayed, not parsed",
-                    self._fed,
-                )
+            try:
+                if self._depth == 1:
+                    self._between(self._fed, end_of_feed=True)
+                self._check_size(self._emitted, self._fed)
+            except _Violation as exc:
+                self._fail(str(exc), exc.at if exc.at is not None else self._emitted)
         self._compact()
         return events
 
@@ -198,12 +211,21 @@ class StreamParser:
             del self._buf[:drop]
             self._buf_start = self._emitted
 
+    def _check_size(self, start: int, end: int) -> None:
+        """Refuse an element (or header) over the limit, however the bytes were read."""
+        if end - start > self.max_stanza_size:
+            what = "stream header" if self._depth == 0 else "element"
+            raise _Violation(
+                f"{what} larger than {self.max_stanza_size} bytes: relayed, not parsed",
+                start + self.max_stanza_size,
+            )
+
     def _slice(self, start: int, end: int) -> bytes:
         return bytes(self._buf[start - self._buf_start : end - self._buf_start])
 
     def _tag_end(self, start: int) -> tuple[int, bool]:
         """End offset of the start tag at ``start``, and whether it is self-closing."""
-        match = _START_TAG.match(self._buf, start - self._buf_start)
+        match = START_TAG.match(self._buf, start - self._buf_start)
         assert match is not None, "expat reported a start tag the framer cannot see"
         return match.end() + self._buf_start, bool(match.group(1))
 
@@ -222,12 +244,13 @@ class StreamParser:
                 gap = gap[:lt]
             if not gap:
                 return
-        self._emitted = start + len(gap)
-        if not gap.strip(_WHITESPACE):
-            self._events.append(Keepalive(self.direction, gap))
-        else:
-            reason = "text between stanzas (only whitespace is allowed)"
-            self._events.append(ParseError(self.direction, gap, start, start, reason))
+        text = gap.lstrip(_WHITESPACE)
+        spaces = len(gap) - len(text)
+        if spaces:
+            self._events.append(Keepalive(self.direction, gap[:spaces]))
+            self._emitted = start + spaces
+        if text:
+            raise _Violation("text between stanzas (only whitespace is allowed)", start + spaces)
 
     def _fail(self, reason: str, at: int) -> None:
         raw = self._take_unemitted()
@@ -275,6 +298,7 @@ class StreamParser:
             raise _Violation(f"expected a <stream:stream> header, got <{_clark(name)}>")
         start = self._expat_base + self._expat.CurrentByteIndex
         end, self_closing = self._tag_end(start)
+        self._check_size(self._emitted, end)
         self._context = context_tag(self._declarations)
         self._events.append(
             StreamOpened(
@@ -295,6 +319,7 @@ class StreamParser:
         self.state = State.STREAM
         if self_closing:
             self._depth = 0
+            self._events.append(StreamClosed(self.direction, b""))
             self.state = State.CLOSED
             raise _Stop
 
@@ -314,6 +339,7 @@ class StreamParser:
             raise _Stop
 
     def _stanza(self, end: int) -> None:
+        self._check_size(self._stanza_start, end)
         namespace, _, local = self._stanza_name.rpartition(" ")
         kind = classify(namespace, local)
         attrs = self._stanza_attrs
@@ -347,16 +373,26 @@ class StreamParser:
         if encoding is not None and encoding.upper().replace("_", "-") not in {"UTF-8", "UTF8"}:
             raise _Violation(f"encoding {encoding!r}: XMPP streams are UTF-8")
 
+    def _opening(self, token: bytes) -> int:
+        """Where the construct that expat just reported (at its end) began."""
+        here = self._expat_base + self._expat.CurrentByteIndex - self._buf_start
+        found = self._buf.rfind(token, 0, max(here, 0) + len(token))
+        return self._buf_start + found if found != -1 else here + self._buf_start
+
     def _doctype(self, *_: object) -> None:
-        raise _Violation("DOCTYPE is not allowed in XMPP (RFC 6120 section 11.1)")
+        at = self._opening(b"<!DOCTYPE")
+        raise _Violation("DOCTYPE is not allowed in XMPP (RFC 6120 section 11.1)", at)
 
     def _comment(self, _: str) -> None:
-        raise _Violation("comments are not allowed in XMPP (RFC 6120 section 11.1)")
+        at = self._opening(b"<!--")
+        raise _Violation("comments are not allowed in XMPP (RFC 6120 section 11.1)", at)
 
     def _processing_instruction(self, target: str, _: str) -> None:
         raise _Violation(
-            f"processing instruction <?{target}?> is not allowed in XMPP (RFC 6120 section 11.1)"
+            f"processing instruction <?{target}?> is not allowed in XMPP (RFC 6120 section 11.1)",
+            self._opening(b"<?"),
         )
 
     def _entity_declaration(self, *_: object) -> None:
-        raise _Violation("entity declarations are not allowed in XMPP (RFC 6120 section 11.1)")
+        at = self._opening(b"<!ENTITY")
+        raise _Violation("entity declarations are not allowed in XMPP (RFC 6120 section 11.1)", at)

@@ -139,12 +139,16 @@ class View:
                 return head + Text(f"keepalive ({_bytes(len(event.raw))})", "dim")
             case ParseError():
                 head.append(f"parse error at byte {event.at}: {event.reason}", "bold red")
+                if event.redacted:
+                    head.append("  (secrets redacted)", "yellow")
                 body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "red")
                 return Group(head, Padding(body, (0, 0, 0, 4)))
             case Opaque():
                 if event.reason is OpaqueReason.TLS:
                     return head + Text(f"{_bytes(len(event.raw))} encrypted", "dim")
                 head.append(f"{_bytes(len(event.raw))} relayed, not parsed", "red")
+                if event.redacted:
+                    head.append("  (secrets redacted)", "yellow")
                 body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "dim")
                 return Group(head, Padding(body, (0, 0, 0, 4)))
             case TlsStarted():

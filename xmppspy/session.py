@@ -5,11 +5,13 @@ The cross-direction rules live here and nowhere else:
 - the server's ``<proceed/>`` switches both directions to TLS (opaque in this version);
 - the server's SASL ``<success/>`` restarts both streams;
 - a bind request and its result label the session with the bound full JID;
-- secrets are redacted before any event leaves the session, unless asked otherwise.
+- secrets are redacted before any event leaves the session, unless asked otherwise: SASL PLAIN
+  credentials, and unparsed client bytes before authentication succeeded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 
 from xmppspy.events import (
@@ -17,14 +19,16 @@ from xmppspy.events import (
     Direction,
     Event,
     Kind,
+    Opaque,
     OpaqueReason,
+    ParseError,
     Stanza,
     TlsStarted,
     WireEvent,
 )
 from xmppspy.namespaces import BIND
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE, StreamParser
-from xmppspy.redact import redact
+from xmppspy.redact import UnparsedScrubber, mechanism, redact
 
 _BIND = "{" + BIND + "}bind"
 _BIND_JID = "{" + BIND + "}jid"
@@ -47,7 +51,10 @@ class Session:
         }
         self.jid: str | None = None
         self.tls = False
+        self.authenticated = False
+        self._sasl_mechanism: str | None = None
         self._bind_requests: set[str | None] = set()
+        self._scrubber = UnparsedScrubber()
 
     def feed(self, direction: Direction, data: bytes) -> list[Event]:
         """Take bytes that travelled in ``direction``; return what they tell."""
@@ -56,11 +63,26 @@ class Session:
         while pending:
             event = pending.popleft()
             if isinstance(event, Stanza):
-                out.append(event if self.show_secrets else redact(event))
+                if event.kind is Kind.SASL_AUTH:
+                    self._sasl_mechanism = mechanism(event)
+                out.append(event if self.show_secrets else redact(event, self._sasl_mechanism))
                 pending.extend(self._rules(event, out))
             else:
-                out.append(event)
+                out.append(self._scrub(event))
         return out
+
+    def _scrub(self, event: WireEvent) -> WireEvent:
+        """Unparsed client bytes before authentication may hold a password: hide them."""
+        if (
+            self.show_secrets
+            or self.authenticated
+            or event.dir is not Direction.C2S
+            or not isinstance(event, ParseError | Opaque)
+            or (isinstance(event, Opaque) and event.reason is not OpaqueReason.AFTER_ERROR)
+        ):
+            return event
+        raw = self._scrubber.scrub(event.raw)
+        return event if raw == event.raw else dataclasses.replace(event, raw=raw, redacted=True)
 
     def _rules(self, stanza: Stanza, out: list[Event]) -> list[WireEvent]:
         """Apply the cross-direction rules; return events that resuming a parser produced."""
@@ -72,6 +94,7 @@ class Session:
                 Direction.C2S
             ].go_opaque(OpaqueReason.TLS)
         if direction is Direction.S2C and kind is Kind.SASL_SUCCESS:
+            self.authenticated = True
             return self.parsers[Direction.S2C].restart() + self.parsers[Direction.C2S].restart()
         if kind is Kind.IQ:
             self._bind(stanza, out)
