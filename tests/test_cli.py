@@ -131,6 +131,13 @@ def test_bad_addresses_are_refused_before_anything_starts(
     assert "Traceback" not in out + err
 
 
+def test_unknown_upstream_host_is_refused_at_once() -> None:
+    code, out, err = run("proxy", "--upstream", "no-such-host.invalid", "--listen", "127.0.0.1:1")
+    assert code == 1
+    assert "cannot resolve upstream no-such-host.invalid:5222" in err
+    assert "Traceback" not in out + err
+
+
 def test_listen_port_in_use_is_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+
+
+class UpstreamUnknown(Exception):
+    """The upstream's name does not resolve: nothing could ever be relayed."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +250,8 @@ def proxy(
     config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets)
     try:
         relay = trio.run(_run_proxy, config, listen_at, upstream_at, view, writer, err)
+    except UpstreamUnknown as exc:
+        _fail(err, str(exc))
     except OSError as exc:
         _fail(err, f"cannot listen on {listen_at}: {exc.strerror or exc}")
     except KeyboardInterrupt:
@@ -268,6 +275,10 @@ async def _run_proxy(
 ) -> Relay:
     # Installed for the whole run: a second Ctrl-C during shutdown must not become a traceback.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            await trio.socket.getaddrinfo(upstream_at.host, upstream_at.port)
+        except socket.gaierror as exc:
+            raise UpstreamUnknown(f"cannot resolve upstream {upstream_at}: {exc.strerror}") from exc
         listeners = await trio.open_tcp_listeners(listen_at.port, host=listen_at.host)
         send, receive = trio.open_memory_channel[Record](VIEW_BUFFER)
         sinks: list[Sink] = [writer] if writer is not None else []

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -231,12 +233,17 @@ def _names(direction: Direction) -> tuple[str, str]:
 
 
 def _why(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
+    """The reason in a person's words: the OS's message, not trio's wrapping of it."""
     if isinstance(exc, trio.TooSlowError):
         return f"no answer within {CONNECT_TIMEOUT:g} s"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if cause is not None and cause is not exc:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # trio adds the address to strerror; the person knows it
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(_why(inner) for inner in cause.exceptions))
+    if cause is not None:
         return _why(cause)
     return str(exc) or type(exc).__name__
 

@@ -160,7 +160,8 @@ class View:
             case Connected():
                 return head + Text(f"connected {event.client} → {event.upstream}", "green")
             case Disconnected():
-                return head + Text(summary(event), "green")
+                clean = event.reason in ("closed by both sides", "proxy stopped")
+                return head + Text(summary(event), "green" if clean else "bold yellow")
 
     def _with_raw(self, renderable: RenderableType, raw: bytes) -> RenderableType:
         if not self.raw:
