@@ -67,27 +67,36 @@ def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+_DIRECTIONS = {direction: direction.value for direction in Direction}
+_KINDS = {kind: kind.value for kind in Kind}
+
+
+def _stanza_fields(stanza: Stanza) -> dict[str, Any]:
+    """The fields of a stanza line: the one event in every read, so written out by hand."""
+    fields: dict[str, Any] = {"dir": _DIRECTIONS[stanza.dir], "event": "stanza"}
+    fields.update(_raw_fields(stanza.raw))
+    fields["kind"] = _KINDS[stanza.kind]
+    fields["name"] = stanza.name
+    if stanza.type is not None:
+        fields["type"] = stanza.type
+    if stanza.from_ is not None:
+        fields["from"] = stanza.from_
+    if stanza.to is not None:
+        fields["to"] = stanza.to
+    if stanza.id is not None:
+        fields["id"] = stanza.id
+    if stanza.child is not None:
+        fields["child"] = stanza.child
+    if stanza.redacted:
+        fields["redacted"] = True
+    return fields
+
+
 def event_fields(event: Event) -> dict[str, Any]:
     """The JSON fields describing one event (without time and connection)."""
     match event:
         case Stanza():
-            return {
-                "dir": event.dir.value,
-                "event": "stanza",
-                **_raw_fields(event.raw),
-                **_drop_none(
-                    {
-                        "kind": event.kind.value,
-                        "name": event.name,
-                        "type": event.type,
-                        "from": event.from_,
-                        "to": event.to,
-                        "id": event.id,
-                        "child": event.child,
-                        "redacted": True if event.redacted else None,
-                    }
-                ),
-            }
+            return _stanza_fields(event)
         case StreamOpened():
             return {
                 "dir": event.dir.value,
@@ -149,8 +158,9 @@ def event_fields(event: Event) -> dict[str, Any]:
 
 def encode_record(record: Record) -> bytes:
     """One capture line (with its newline) for a record."""
-    fields = {"t": record.t, "conn": record.conn, **event_fields(record.event)}
-    return orjson.dumps(fields) + b"\n"
+    fields = {"t": record.t, "conn": record.conn}
+    fields.update(event_fields(record.event))
+    return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def encode_header(meta: dict[str, Any]) -> bytes:

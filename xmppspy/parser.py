@@ -79,6 +79,22 @@ def _clark(expat_name: str) -> str:
     return f"{{{namespace}}}{local}" if sep else local
 
 
+_NAMES: dict[str, tuple[Kind, str]] = {}
+_NAMES_LIMIT = 4096
+"""Element names seen, with their kind and Clark name; bounded, as a hostile peer may invent."""
+
+
+def _names(expat_name: str) -> tuple[Kind, str]:
+    """The kind and Clark name of an element, from expat's ``"namespace local"`` name."""
+    known = _NAMES.get(expat_name)
+    if known is None:
+        namespace, _, local = expat_name.rpartition(" ")
+        known = (classify(namespace, local), _clark(expat_name))
+        if len(_NAMES) < _NAMES_LIMIT:
+            _NAMES[expat_name] = known
+    return known
+
+
 class StreamParser:
     """Parses one direction of one XMPP stream. Feed bytes in any chunking; get events."""
 
@@ -120,7 +136,6 @@ class StreamParser:
         self._declarations: dict[str | None, str] = {}
         self._context = b""
         self._stanza_start = 0
-        self._stanza_self_closing = False
         self._stanza_name = ""
         self._stanza_attrs: dict[str, str] = {}
         self._first_child: str | None = None
@@ -277,19 +292,20 @@ class StreamParser:
     # -- expat handlers -----------------------------------------------------------------------
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
+        # Called for every element: the common cases (a stanza's children) come first.
         depth = self._depth
         self._depth = depth + 1
-        if depth == 1:
+        if depth == 2:
+            if self._first_child is None:
+                self._first_child = name
+        elif depth == 1:
             start = self._expat_base + self._expat.CurrentByteIndex
-            self._between(start)
+            if start > self._emitted:
+                self._between(start)
             self._stanza_start = start
             self._stanza_name = name
             self._stanza_attrs = attrs
             self._first_child = None
-            _, self._stanza_self_closing = self._tag_end(start)
-        elif depth == 2:
-            if self._first_child is None:
-                self._first_child = name
         elif depth == 0:
             self._header(name, attrs)
 
@@ -324,13 +340,18 @@ class StreamParser:
             raise _Stop
 
     def _end(self, name: str) -> None:
-        self._depth -= 1
-        depth = self._depth
-        here = self._expat_base + self._expat.CurrentByteIndex
+        depth = self._depth - 1
+        self._depth = depth
         if depth == 1:
-            end = here if self._stanza_self_closing else self._end_tag_end(here)
-            self._stanza(end)
+            here = self._expat_base + self._expat.CurrentByteIndex
+            # expat reports the end of <x/> just past "/>", of <x></x> at "</": only an element
+            # without children can be the first kind, and only its start tag can tell.
+            if self._first_child is None and self._tag_end(self._stanza_start)[1]:
+                self._stanza(here)
+            else:
+                self._stanza(self._end_tag_end(here))
         elif depth == 0:
+            here = self._expat_base + self._expat.CurrentByteIndex
             self._between(here)
             end = self._end_tag_end(here)
             self._events.append(StreamClosed(self.direction, self._slice(self._emitted, end)))
@@ -339,23 +360,25 @@ class StreamParser:
             raise _Stop
 
     def _stanza(self, end: int) -> None:
-        self._check_size(self._stanza_start, end)
-        namespace, _, local = self._stanza_name.rpartition(" ")
-        kind = classify(namespace, local)
+        start = self._stanza_start
+        if end - start > self.max_stanza_size:
+            self._check_size(start, end)
+        kind, name = _names(self._stanza_name)
         attrs = self._stanza_attrs
         child = self._first_child
+        offset = self._buf_start
         self._events.append(
             Stanza(
                 self.direction,
-                self._slice(self._stanza_start, end),
-                kind=kind,
-                name=_clark(self._stanza_name),
-                type=attrs.get("type"),
-                from_=attrs.get("from"),
-                to=attrs.get("to"),
-                id=attrs.get("id"),
-                child=_clark(child) if child is not None else None,
-                context=self._context,
+                bytes(self._buf[start - offset : end - offset]),
+                kind,
+                name,
+                attrs.get("type"),
+                attrs.get("from"),
+                attrs.get("to"),
+                attrs.get("id"),
+                _names(child)[1] if child is not None else None,
+                self._context,
             )
         )
         self._emitted = end
