@@ -1268,3 +1268,39 @@ def test_generated_stanzas_are_framed_exactly(items: list[bytes], data: st.DataO
 def test_both_stream_management_versions_are_classified(namespace: bytes) -> None:
     events = parse(HEADER + b"<r xmlns='" + namespace + b"'/><a xmlns='" + namespace + b"' h='3'/>")
     assert [e.kind for e in stanzas(events)] == [Kind.SM_REQUEST, Kind.SM_ANSWER]
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        (b"<message><body>cut off he", "element"),
+        (b"<presence", "element"),
+    ],
+)
+def test_a_peer_closing_mid_stanza_loses_no_bytes(tail: bytes, reason: str) -> None:
+    parser = StreamParser(Direction.C2S)
+    events = parser.feed(HEADER + s.PRESENCE + tail)
+    events += parser.close()
+    assert raw_of(events) == HEADER + s.PRESENCE + tail
+    assert isinstance(events[-1], ParseError)
+    assert events[-1].raw == tail
+    assert "the connection ended in the middle" in events[-1].reason
+    assert parser.close() == []
+
+
+def test_a_header_that_never_completes_is_reported_at_close() -> None:
+    parser = StreamParser(Direction.C2S)
+    assert parser.feed(HEADER[:30]) == []
+    (error,) = parser.close()
+    assert isinstance(error, ParseError)
+    assert error.raw == HEADER[:30]
+    assert "stream header" in error.reason
+
+
+def test_close_after_a_clean_end_or_trailing_whitespace() -> None:
+    parser = StreamParser(Direction.C2S)
+    events = parser.feed(HEADER + s.PRESENCE + b"\n ")
+    assert [type(e) for e in events + parser.close()] == [StreamOpened, Stanza, Keepalive]
+    parser = StreamParser(Direction.C2S)
+    parser.feed(HEADER + b"</stream:stream>")
+    assert parser.close() == []

@@ -15,6 +15,7 @@ from xmppspy.events import (
     Disconnected,
     Opaque,
     OpaqueReason,
+    ParseError,
     Record,
     Stanza,
     TlsStarted,
@@ -226,3 +227,18 @@ async def test_any_read_size_gives_the_same_stanzas(chunk: int) -> None:
         await h.client.send_eof()
         await h.server.send_eof()
     assert [s.id for s in h.sink.events(Stanza)] == [f"m{i}" for i in range(20)]
+
+
+async def test_a_peer_closing_mid_stanza_leaves_its_bytes_in_the_record() -> None:
+    h = Harness()
+    cut = b"<message to='bob@example.test'><body>never fini"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.relay.handle, h.relay_client, "test-client")
+        await h.client.send_all(HEADER_C + cut)
+        assert await receive_exactly(h.server, len(HEADER_C + cut)) == HEADER_C + cut
+        await h.client.send_eof()
+        await h.server.send_eof()
+    assert h.sink.raw(Direction.C2S) == HEADER_C + cut
+    (error,) = h.sink.events(ParseError)
+    assert error.raw == cut
+    assert error.reason == "the connection ended in the middle of an element"

@@ -182,6 +182,26 @@ class StreamParser:
         self._emitted = self._fed
         return [Opaque(self.direction, trailing, reason)] if trailing else []
 
+    def close(self) -> list[WireEvent]:
+        """The stream ended (EOF or reset): report bytes that never became a whole event.
+
+        Nothing observed may go missing from a capture, so an element cut off by a closing
+        peer comes out as a ``ParseError`` with its bytes. Calling it again returns nothing.
+        """
+        self._events = events = list[WireEvent]()
+        if self.state in (State.HEADER, State.STREAM, State.PAUSED) and self.pending:
+            trailing = bytes(self._buf[self._emitted - self._buf_start :])
+            if not trailing.strip(_WHITESPACE):
+                events.append(Keepalive(self.direction, trailing))
+                self._emitted = self._fed
+            else:
+                what = "a stream header" if self._depth == 0 else "an element"
+                self._fail(f"the connection ended in the middle of {what}", self._fed)
+        self._buf.clear()
+        self._buf_start = self._emitted = self._fed
+        self.state = State.CLOSED
+        return events
+
     @property
     def pending(self) -> int:
         """Bytes fed but not yet part of any event (an incomplete element)."""

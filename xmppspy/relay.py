@@ -191,8 +191,9 @@ class Relay:
             except* _PeerGone as group:
                 stats.reason = str(group.exceptions[0])
             finally:
+                leftovers = session.close(Direction.C2S) + session.close(Direction.S2C)
                 stats.jid = session.jid
-                self._emit(stats.conn, [stats.summary()])
+                self._emit(stats.conn, [*leftovers, stats.summary()])
 
     async def _pump(
         self,
@@ -209,6 +210,8 @@ class Relay:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _PeerGone(f"{reader} reset the connection: {_why(exc)}") from exc
             if not data:
+                if leftovers := session.close(direction):
+                    self._emit(stats.conn, leftovers)
                 break
             events = session.feed(direction, bytes(data))
             stats.bytes[direction] += len(data)

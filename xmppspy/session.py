@@ -71,6 +71,10 @@ class Session:
                 out.append(self._scrub(event))
         return out
 
+    def close(self, direction: Direction) -> list[Event]:
+        """That direction ended: report what it left unfinished (see ``StreamParser.close``)."""
+        return [self._scrub(event) for event in self.parsers[direction].close()]
+
     def _scrub(self, event: WireEvent) -> WireEvent:
         """Unparsed client bytes before authentication may hold a password: hide them."""
         if (
