@@ -14,6 +14,7 @@ bytes that arrived after the pausing element, like h11's ``trailing_data``.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Collection
 from xml.parsers import expat
@@ -79,20 +80,11 @@ def _clark(expat_name: str) -> str:
     return f"{{{namespace}}}{local}" if sep else local
 
 
-_NAMES: dict[str, tuple[Kind, str]] = {}
-_NAMES_LIMIT = 4096
-"""Element names seen, with their kind and Clark name; bounded, as a hostile peer may invent."""
-
-
+@functools.lru_cache(maxsize=4096)  # bounded: a hostile peer may invent names without end
 def _names(expat_name: str) -> tuple[Kind, str]:
     """The kind and Clark name of an element, from expat's ``"namespace local"`` name."""
-    known = _NAMES.get(expat_name)
-    if known is None:
-        namespace, _, local = expat_name.rpartition(" ")
-        known = (classify(namespace, local), _clark(expat_name))
-        if len(_NAMES) < _NAMES_LIMIT:
-            _NAMES[expat_name] = known
-    return known
+    namespace, _, local = expat_name.rpartition(" ")
+    return classify(namespace, local), _clark(expat_name)
 
 
 class StreamParser:
