@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -185,3 +186,31 @@ async def test_a_killed_proxy_leaves_a_readable_capture_of_everything_relayed(
         and r.event.dir is Direction.S2C
     )
     assert delivered == sorted([*ALICE_TO_BOB, *BOB_TO_ALICE])
+
+
+@pytest.mark.parametrize("view", ["pretty", "json"])
+async def test_a_closed_stdout_stops_the_view_not_the_sessions(
+    prosody: ProsodyServer, tmp_path: Path, view: str
+) -> None:
+    """``xmppspy proxy | head`` must not take the relayed sessions down when head exits."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is shown
+    args = ("--json",) if view == "json" else ()
+    proxy = ProxyProcess(tmp_path, f"{prosody.host}:{prosody.c2s_port}", args)
+    proxy.stdout_path = Path(f"/dev/fd/{write_end}")
+    try:
+        proxy.start()
+    finally:
+        os.close(write_end)
+    try:
+        result = await trio.to_thread.run_sync(
+            functools.partial(
+                run_chat_scenario, "127.0.0.1", proxy.port, prosody.domain, prosody.users
+            )
+        )
+        result.assert_ok()
+        assert proxy.stop() == 0, proxy.stderr()
+    finally:
+        proxy.kill()
+    assert "stdout was closed: nothing more is shown; relaying goes on" in proxy.stderr()
+    assert "Traceback" not in proxy.stderr()

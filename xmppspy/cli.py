@@ -44,6 +44,17 @@ app = typer.Typer(
 )
 
 
+class ViewGone(Exception):
+    """stdout was closed (the pager quit, ``| head`` had enough): stop showing, keep relaying."""
+
+
+class ViewConsole(Console):
+    """A console whose reader may go away: rich's default would exit the whole proxy."""
+
+    def on_broken_pipe(self) -> None:
+        raise ViewGone
+
+
 class UpstreamUnknown(Exception):
     """The upstream's name does not resolve: nothing could ever be relayed."""
 
@@ -88,7 +99,7 @@ def _is_loopback(host: str) -> bool:
 
 def _consoles(*, color: bool = True) -> tuple[Console, Console]:
     no_color = bool(os.environ.get("NO_COLOR")) or not color
-    out = Console(no_color=no_color or None, highlight=False, soft_wrap=False)
+    out = ViewConsole(no_color=no_color or None, highlight=False, soft_wrap=False)
     err = Console(stderr=True, no_color=no_color or None, highlight=False, soft_wrap=True)
     return out, err
 
@@ -151,8 +162,11 @@ class JsonView:
 
     def show(self, record: Record) -> None:
         if self.predicate(record):
-            sys.stdout.buffer.write(encode_record(record))
-            sys.stdout.buffer.flush()
+            try:
+                sys.stdout.buffer.write(encode_record(record))
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                raise ViewGone from None
 
     def skipped(self, count: int) -> None:
         self.err.print(f"[yellow]xmppspy: {count} events not printed: stdout could not keep up[/]")
@@ -288,7 +302,7 @@ async def _run_proxy(
         relay = Relay(config, tcp_upstream(upstream_at.host, upstream_at.port), FanOut(sinks))
         async with trio.open_nursery() as outer:
             if view is not None and channel_sink is not None:
-                outer.start_soon(_show, receive, view, channel_sink)
+                outer.start_soon(_show, receive, view, channel_sink, err)
             async with trio.open_nursery() as inner:
                 await inner.start(relay.serve, listeners)
                 err.print(
@@ -307,9 +321,15 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
 
 
 async def _show(
-    receive: trio.MemoryReceiveChannel[Record], view: View | JsonView, sink: ChannelSink
+    receive: trio.MemoryReceiveChannel[Record],
+    view: View | JsonView,
+    sink: ChannelSink,
+    err: Console,
 ) -> None:
-    """Render in a worker thread, a batch at a time: a slow terminal never blocks the relay."""
+    """Render in a worker thread, a batch at a time: a slow terminal never blocks the relay.
+
+    If stdout goes away, showing stops and relaying and recording go on.
+    """
 
     def render(batch: list[Record], dropped: int) -> None:
         if dropped:
@@ -325,7 +345,19 @@ async def _show(
                     batch.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            await trio.to_thread.run_sync(render, batch, sink.take_dropped())
+            try:
+                await trio.to_thread.run_sync(render, batch, sink.take_dropped())
+            except ViewGone:
+                _silence_stdout()
+                err.print("xmppspy: stdout was closed: nothing more is shown; relaying goes on")
+                return
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that nothing (not even interpreter exit) writes to the pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @app.command()
@@ -356,7 +388,8 @@ def replay(
                 view.show(record)
     except CaptureError as exc:
         _fail(err, str(exc))
-    except BrokenPipeError:
+    except ViewGone:
+        _silence_stdout()
         raise typer.Exit(0) from None
     if reader.truncated:
         err.print(

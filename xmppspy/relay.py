@@ -84,8 +84,8 @@ class ChannelSink:
                     self.channel.send_nowait(record)
                 except trio.WouldBlock:
                     self.dropped += 1
-                except trio.ClosedResourceError:
-                    return
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return  # the view has stopped; the relay does not care
 
     def take_dropped(self) -> int:
         dropped, self.dropped = self.dropped, 0
