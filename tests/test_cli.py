@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from xmppspy.cli import app, parse_address
 from xmppspy.events import Record
 from xmppspy.render import View
+from xmppspy.selection import Shown
 
 runner = CliRunner()
 
@@ -171,7 +172,7 @@ def test_view_at_a_fixed_width() -> None:
         view = View(console, tz=datetime.UTC)
         records: list[Record] = session_records()
         for record in records:
-            view.show(record)
+            view.show(Shown(record))
     lines = [line.rstrip() for line in console.export_text().splitlines()]
     assert lines[:3] == [
         "00:00:01.000 c1 connected 127.0.0.1:4000 → example.test:5222",

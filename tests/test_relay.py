@@ -194,7 +194,7 @@ async def test_cancelling_the_relay_records_each_connection_as_stopped() -> None
 
 async def test_a_full_view_channel_drops_view_records_but_never_capture_records() -> None:
     send, receive = trio.open_memory_channel[Record](1)
-    view = ChannelSink(send, lambda record: True)
+    view = ChannelSink(send, lambda record: record)
     capture = ListSink()
     h = Harness(capture)
     h.relay.sink = FanOut([capture, view])

@@ -156,10 +156,12 @@ def event_fields(event: Event) -> dict[str, Any]:
             )
 
 
-def encode_record(record: Record) -> bytes:
-    """One capture line (with its newline) for a record."""
+def encode_record(record: Record, extra: dict[str, Any] | None = None) -> bytes:
+    """One capture line (with its newline) for a record; ``extra`` fields go at the end."""
     fields = {"t": record.t, "conn": record.conn}
     fields.update(event_fields(record.event))
+    if extra:
+        fields.update(extra)
     return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import ipaddress
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import trio
 import typer
@@ -25,10 +27,19 @@ from xmppspy.capture import (
     open_capture,
 )
 from xmppspy.events import Record
-from xmppspy.filters import Filter, FilterError, make_filter
+from xmppspy.filters import ATOMS, Filter, FilterError, make_filter
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
-from xmppspy.relay import ChannelSink, FanOut, Relay, RelayConfig, Sink, tcp_upstream
+from xmppspy.relay import (
+    ChannelSink,
+    FanOut,
+    FilteredSink,
+    Relay,
+    RelayConfig,
+    Sink,
+    tcp_upstream,
+)
 from xmppspy.render import View, summary
+from xmppspy.selection import Selector, Shown
 
 VIEW_BUFFER = 2048
 """Records waiting for the terminal; past this the view skips them (and says so)."""
@@ -109,36 +120,87 @@ def _fail(err: Console, message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _filter(err: Console, kinds: list[str], types: list[str]) -> Filter:
+FilterFlags = list[tuple[str, bool, str]]
+_SHORT = {"kind": "-k", "type": "-t"}
+
+
+def with_filters(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command ``--ATOM`` and ``--not-ATOM`` for every filter atom, and ``-f``.
+
+    The options and their help come from the atom registry (xmppspy/filters.py), so the command
+    line, the expression language and docs/filters.md cannot drift apart. The command receives
+    them as ``filter_flags`` (``(atom, negated, value)`` each) and ``filter_expression``.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if not p.name.startswith("filter_")]
+    added = [
+        inspect.Parameter(
+            "filter_expression",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                typer.Option(
+                    "--filter",
+                    "-f",
+                    metavar="EXPR",
+                    help='Show only what matches EXPR, e.g. "message and type:chat and not '
+                    'ns:urn:xmpp:chat-markers:0" (docs/filters.md). Combines with the '
+                    "flags below by and.",
+                    rich_help_panel="Filters",
+                ),
+            ],
+        )
+    ]
+    for atom in ATOMS.values():
+        for negated in (False, True):
+            names = [f"--not-{atom.name}"] if negated else [f"--{atom.name}"]
+            if not negated and atom.name in _SHORT:
+                names.append(_SHORT[atom.name])
+            what = "Hide" if negated else "Show only"
+            added.append(
+                inspect.Parameter(
+                    f"filter_{'not_' if negated else ''}{atom.name}",
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=[],
+                    annotation=Annotated[
+                        list[str],
+                        typer.Option(
+                            *names,
+                            metavar=atom.metavar,
+                            help=f"{what} {atom.help}." if not negated else f"{what} these.",
+                            rich_help_panel="Filters",
+                            show_default=False,
+                        ),
+                    ],
+                )
+            )
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        flags: FilterFlags = []
+        for atom in ATOMS.values():
+            flags += [(atom.name, False, v) for v in kwargs.pop(f"filter_{atom.name}")]
+            flags += [(atom.name, True, v) for v in kwargs.pop(f"filter_not_{atom.name}")]
+        command(**kwargs, filter_flags=flags)
+
+    wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _selector(
+    err: Console, flags: FilterFlags, expression: str | None, *, with_replies: bool
+) -> Selector:
+    return Selector(_filter(err, flags, expression), with_replies=with_replies)
+
+
+def _filter(err: Console, flags: FilterFlags, expression: str | None) -> Filter:
     try:
-        return make_filter(kinds, types)
+        return make_filter(flags, expression)
     except FilterError as exc:
         _fail(err, str(exc), 2)
 
 
-KindOption = Annotated[
-    list[str],
-    typer.Option(
-        "--kind",
-        "-k",
-        metavar="KIND",
-        help="Show only this kind: message, presence, iq, sasl, tls, sm, stream:features, "
-        "stream:error, header, close, keepalive, parse-error, ... Repeat for more (or).",
-        show_default=False,
-    ),
-]
-TypeOption = Annotated[
-    list[str],
-    typer.Option(
-        "--type",
-        "-t",
-        metavar="TYPE",
-        help="Show only stanzas of this type (chat, groupchat, get, set, result, error, "
-        "unavailable, ...); a message without type is normal, a presence without type available. "
-        "Repeat for more (or).",
-        show_default=False,
-    ),
-]
 RawOption = Annotated[
     bool, typer.Option("--raw", help="Show the bytes exactly as on the wire, not pretty XML.")
 ]
@@ -148,31 +210,46 @@ JsonOption = Annotated[
         "--json", help="Print one JSON object per event (NDJSON, as in capture files) on stdout."
     ),
 ]
+RepliesOption = Annotated[
+    bool,
+    typer.Option(
+        "--with-replies",
+        help="Also show the result or error of every IQ shown, with its round trip; list the "
+        "IQs that got no reply at the end.",
+        rich_help_panel="Filters",
+    ),
+]
 
 
 class JsonView:
-    """The view for ``--json``: capture lines on stdout, for jq."""
+    """The view for ``--json``: capture lines on stdout, for jq (a reply also gets ``rtt``)."""
 
-    def __init__(self, predicate: Filter, err: Console) -> None:
-        self.predicate = predicate
+    def __init__(self, err: Console) -> None:
         self.err = err
 
-    def wants(self, record: Record) -> bool:
-        return self.predicate(record)
+    def show(self, shown: Shown) -> None:
+        if shown.visible:
+            rtt = shown.round_trip
+            self._write(encode_record(shown.record, {"rtt": rtt} if rtt is not None else None))
 
-    def show(self, record: Record) -> None:
-        if self.predicate(record):
-            try:
-                sys.stdout.buffer.write(encode_record(record))
-                sys.stdout.buffer.flush()
-            except BrokenPipeError:
-                raise ViewGone from None
+    def unanswered(self, requests: list[Record]) -> None:
+        for request in requests:
+            self._write(encode_record(request, {"unanswered": True}))
 
     def skipped(self, count: int) -> None:
         self.err.print(f"[yellow]xmppspy: {count} events not printed: stdout could not keep up[/]")
 
+    @staticmethod
+    def _write(line: bytes) -> None:
+        try:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise ViewGone from None
+
 
 @app.command()
+@with_filters
 def proxy(
     upstream: Annotated[
         str,
@@ -203,10 +280,17 @@ def proxy(
             dir_okay=False,
         ),
     ] = None,
-    kind: KindOption = [],  # noqa: B006 (typer reads the default, never mutates it)
-    type_: TypeOption = [],  # noqa: B006
     raw: RawOption = False,
     json_: JsonOption = False,
+    with_replies: RepliesOption = False,
+    record_filtered: Annotated[
+        bool,
+        typer.Option(
+            "--record-filtered",
+            help="Record only what the filters show (the capture then no longer holds every byte).",
+            rich_help_panel="Filters",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Show nothing live (to record only).")
     ] = False,
@@ -225,6 +309,9 @@ def proxy(
             help="A stanza larger than this is relayed and recorded raw, not parsed.",
         ),
     ] = DEFAULT_MAX_STANZA_SIZE,
+    *,
+    filter_flags: FilterFlags,
+    filter_expression: str | None,
 ) -> None:
     """Relay XMPP clients to a server and show every stanza, live.
 
@@ -234,7 +321,7 @@ def proxy(
     Example: `xmppspy proxy --upstream xmpp.example.org --record session.jsonl`
     """
     out, err = _consoles()
-    predicate = _filter(err, kind, type_)
+    selector = _selector(err, filter_flags, filter_expression, with_replies=with_replies)
     listen_at = parse_address(listen, default_port=XMPP_PORT)
     upstream_at = parse_address(upstream, default_port=XMPP_PORT)
     if not _is_loopback(listen_at.host):
@@ -244,26 +331,40 @@ def proxy(
         )
     view: View | JsonView | None = None
     if json_:
-        view = JsonView(predicate, err)
+        view = JsonView(err)
     elif not quiet:
-        view = View(out, raw=raw, predicate=predicate)
+        view = View(out, raw=raw)
     writer: CaptureWriter | None = None
     if record is not None:
         try:
             handle = create_capture_file(record)
         except OSError as exc:
             _fail(err, f"cannot create {record}: {exc.strerror or exc}")
-        meta = {
+        meta: dict[str, Any] = {
             "listen": str(listen_at),
             "upstream": str(upstream_at),
             "redacted": not show_secrets,
         }
+        if record_filtered:
+            meta["filtered"] = {"flags": filter_flags, "expression": filter_expression}
         writer = CaptureWriter(
             handle, meta, lambda message: err.print(f"[yellow]xmppspy: {message}[/]")
         )
+    recorder: Sink | None = writer
+    if writer is not None and record_filtered:
+        recorder = FilteredSink(writer, _filter(err, filter_flags, filter_expression))
     config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets)
     try:
-        relay = trio.run(_run_proxy, config, listen_at, upstream_at, view, writer, err)
+        relay = trio.run(
+            _run_proxy,
+            config,
+            listen_at,
+            upstream_at,
+            selector if view else None,
+            view,
+            recorder,
+            err,
+        )
     except UpstreamUnknown as exc:
         _fail(err, str(exc))
     except OSError as exc:
@@ -273,6 +374,11 @@ def proxy(
     finally:
         if writer is not None:
             writer.close()
+    if view is not None:
+        try:
+            view.unanswered(selector.unanswered())
+        except ViewGone:
+            _silence_stdout()
     for stats in relay.connections:
         err.print(f"{stats.conn} {summary(stats.summary())}", highlight=False)
     if writer is not None:
@@ -283,8 +389,9 @@ async def _run_proxy(
     config: RelayConfig,
     listen_at: Address,
     upstream_at: Address,
+    selector: Selector | None,
     view: View | JsonView | None,
-    writer: CaptureWriter | None,
+    recorder: Sink | None,
     err: Console,
 ) -> Relay:
     # Installed for the whole run: a second Ctrl-C during shutdown must not become a traceback.
@@ -294,9 +401,9 @@ async def _run_proxy(
         except socket.gaierror as exc:
             raise UpstreamUnknown(f"cannot resolve upstream {upstream_at}: {exc.strerror}") from exc
         listeners = await trio.open_tcp_listeners(listen_at.port, host=listen_at.host)
-        send, receive = trio.open_memory_channel[Record](VIEW_BUFFER)
-        sinks: list[Sink] = [writer] if writer is not None else []
-        channel_sink = ChannelSink(send, view.wants) if view is not None else None
+        send, receive = trio.open_memory_channel[Shown](VIEW_BUFFER)
+        sinks: list[Sink] = [recorder] if recorder is not None else []
+        channel_sink = ChannelSink(send, selector) if selector is not None else None
         if channel_sink is not None:
             sinks.append(channel_sink)
         relay = Relay(config, tcp_upstream(upstream_at.host, upstream_at.port), FanOut(sinks))
@@ -321,9 +428,9 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
 
 
 async def _show(
-    receive: trio.MemoryReceiveChannel[Record],
+    receive: trio.MemoryReceiveChannel[Shown],
     view: View | JsonView,
-    sink: ChannelSink,
+    sink: ChannelSink[Shown],
     err: Console,
 ) -> None:
     """Render in a worker thread, a batch at a time: a slow terminal never blocks the relay.
@@ -331,11 +438,11 @@ async def _show(
     If stdout goes away, showing stops and relaying and recording go on.
     """
 
-    def render(batch: list[Record], dropped: int) -> None:
+    def render(batch: list[Shown], dropped: int) -> None:
         if dropped:
             view.skipped(dropped)
-        for record in batch:
-            view.show(record)
+        for shown in batch:
+            view.show(shown)
 
     async with receive:
         async for first in receive:
@@ -361,6 +468,7 @@ def _silence_stdout() -> None:
 
 
 @app.command()
+@with_filters
 def replay(
     capture: Annotated[
         Path,
@@ -368,24 +476,27 @@ def replay(
             metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
         ),
     ],
-    kind: KindOption = [],  # noqa: B006
-    type_: TypeOption = [],  # noqa: B006
     raw: RawOption = False,
     json_: JsonOption = False,
+    with_replies: RepliesOption = False,
+    *,
+    filter_flags: FilterFlags,
+    filter_expression: str | None,
 ) -> None:
     """Show a recorded session again, with the same view and filters as the live proxy.
 
     Example: `xmppspy replay session.jsonl --kind message --type chat`
     """
     out, err = _consoles()
-    predicate = _filter(err, kind, type_)
-    view: View | JsonView = (
-        JsonView(predicate, err) if json_ else View(out, raw=raw, predicate=predicate)
-    )
+    selector = _selector(err, filter_flags, filter_expression, with_replies=with_replies)
+    view: View | JsonView = JsonView(err) if json_ else View(out, raw=raw)
     try:
         with open_capture(capture) as reader:
             for record in reader:
-                view.show(record)
+                shown = selector(record)
+                if shown is not None:
+                    view.show(shown)
+        view.unanswered(selector.unanswered())
     except CaptureError as exc:
         _fail(err, str(exc))
     except ViewGone:

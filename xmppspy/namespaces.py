@@ -19,6 +19,40 @@ SM_2 = "urn:xmpp:sm:2"
 PING = "urn:xmpp:ping"
 ROSTER = "jabber:iq:roster"
 
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = "http://jabber.org/protocol/muc#user"
+CHAT_STATES = "http://jabber.org/protocol/chatstates"
+RECEIPTS = "urn:xmpp:receipts"
+CARBONS = "urn:xmpp:carbons:2"
+MAM = "urn:xmpp:mam:2"
+STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+PREFIXES: dict[str, str] = {
+    "client": CLIENT,
+    "server": SERVER,
+    "stream": STREAMS,
+    "streams": STREAM_ERRORS,
+    "stanzas": STANZA_ERRORS,
+    "tls": TLS,
+    "sasl": SASL,
+    "bind": BIND,
+    "session": SESSION,
+    "sm": SM,
+    "ping": PING,
+    "roster": ROSTER,
+    "disco": DISCO_INFO,
+    "items": DISCO_ITEMS,
+    "muc": MUC,
+    "muc-user": MUC_USER,
+    "chatstates": CHAT_STATES,
+    "receipts": RECEIPTS,
+    "carbons": CARBONS,
+    "mam": MAM,
+}
+"""Prefixes predefined for ``--xpath`` (``//client:body``, ``//disco:feature``)."""
+
 STANZA_NAMESPACES = (CLIENT, SERVER, COMPONENT)
 
 _KINDS: dict[tuple[str, str], Kind] = {

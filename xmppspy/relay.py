@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -31,6 +31,7 @@ from xmppspy.events import (
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
 from xmppspy.session import Session
 
+T = TypeVar("T")
 READ_SIZE = 64 * 1024
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 """Resource exhaustion: wait and accept again rather than stop serving everyone."""
@@ -52,6 +53,19 @@ class Sink(Protocol):
     def accept(self, records: Sequence[Record]) -> None: ...
 
 
+class FilteredSink:
+    """Passes on only the records ``keep`` accepts (``--record-filtered``)."""
+
+    def __init__(self, sink: Sink, keep: Callable[[Record], bool]) -> None:
+        self.sink = sink
+        self.keep = keep
+
+    def accept(self, records: Sequence[Record]) -> None:
+        kept = [record for record in records if self.keep(record)]
+        if kept:
+            self.sink.accept(kept)
+
+
 class FanOut:
     """Gives every record to several sinks, in order."""
 
@@ -63,25 +77,26 @@ class FanOut:
             sink.accept(records)
 
 
-class ChannelSink:
-    """Hands records to a slower consumer (the view) without ever waiting for it.
+class ChannelSink(Generic[T]):
+    """Hands what ``select`` makes of each record to a slower consumer (the view), never waiting.
 
-    When the channel is full the record is dropped and counted: the relay goes on, the view says
+    When the channel is full the item is dropped and counted: the relay goes on, the view says
     how many it skipped, and the capture (a separate sink) still gets every record.
     """
 
     def __init__(
-        self, channel: trio.MemorySendChannel[Record], wants: Callable[[Record], bool]
+        self, channel: trio.MemorySendChannel[T], select: Callable[[Record], T | None]
     ) -> None:
         self.channel = channel
-        self.wants = wants
+        self.select = select
         self.dropped = 0
 
     def accept(self, records: Sequence[Record]) -> None:
         for record in records:
-            if self.wants(record):
+            item = self.select(record)
+            if item is not None:
                 try:
-                    self.channel.send_nowait(record)
+                    self.channel.send_nowait(item)
                 except trio.WouldBlock:
                     self.dropped += 1
                 except (trio.ClosedResourceError, trio.BrokenResourceError):

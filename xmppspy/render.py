@@ -7,7 +7,6 @@ session it recorded. The caller owns the rich ``Console``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from datetime import datetime, tzinfo
 
 from lxml import etree
@@ -32,6 +31,7 @@ from xmppspy.events import (
     StreamOpened,
     TlsStarted,
 )
+from xmppspy.selection import Shown
 from xmppspy.xml import parse_stanza
 
 ARROWS = {Direction.C2S: "C→S", Direction.S2C: "S→C"}
@@ -72,29 +72,25 @@ def _xml(code: str) -> Syntax:
 class View:
     """Renders records to a console; keeps each connection's label (its JID once bound)."""
 
-    def __init__(
-        self,
-        console: Console,
-        *,
-        raw: bool = False,
-        predicate: Callable[[Record], bool] = lambda _: True,
-        tz: tzinfo | None = None,
-    ) -> None:
+    def __init__(self, console: Console, *, raw: bool = False, tz: tzinfo | None = None) -> None:
         self.console = console
         self.raw = raw
-        self.predicate = predicate
         self.tz = tz
         self.labels: dict[str, str] = {}
 
-    def wants(self, record: Record) -> bool:
-        """Whether ``show`` needs this record: it matches, or it changes a label."""
-        return isinstance(record.event, Bound) or self.predicate(record)
-
-    def show(self, record: Record) -> None:
+    def show(self, shown: Shown) -> None:
+        record = shown.record
         if isinstance(record.event, Bound):
             self.labels[record.conn] = f"{record.conn} {record.event.jid}"
-        if self.predicate(record):
-            self.console.print(self.render(record))
+        if shown.visible:
+            self.console.print(self.render(record, shown.reply_to))
+
+    def unanswered(self, requests: list[Record]) -> None:
+        """Flag IQ requests that never got a reply (``--with-replies``)."""
+        for request in requests:
+            head = self._head(request)
+            head.append("no reply: ", "bold red")
+            self.console.print(self._stanza(head, request.event))  # type: ignore[arg-type]
 
     def skipped(self, count: int) -> None:
         self.console.print(
@@ -105,17 +101,22 @@ class View:
             )
         )
 
-    def render(self, record: Record) -> RenderableType:
-        event = record.event
+    def _head(self, record: Record) -> Text:
         when = datetime.fromtimestamp(record.t, self.tz).strftime("%H:%M:%S.%f")[:-3]
         label = self.labels.get(record.conn, record.conn)
         head = Text.assemble((when, "dim"), " ", (label, "bold"), " ")
-        if hasattr(event, "dir"):
-            head.append(ARROWS[event.dir], STYLES[event.dir])
+        direction = getattr(record.event, "dir", None)
+        if direction is not None:
+            head.append(ARROWS[direction], STYLES[direction])
             head.append(" ")
+        return head
+
+    def render(self, record: Record, reply_to: Record | None = None) -> RenderableType:
+        event = record.event
+        head = self._head(record)
         match event:
             case Stanza():
-                return self._stanza(head, event)
+                return self._stanza(head, event, _reply_note(record, reply_to))
             case StreamOpened():
                 what = "stream restarted" if event.restart else "stream opened"
                 attrs = " ".join(
@@ -168,7 +169,7 @@ class View:
             return renderable
         return Group(renderable, Padding(_xml(_excerpt(raw, None)), (0, 0, 0, 4)))
 
-    def _stanza(self, head: Text, stanza: Stanza) -> RenderableType:
+    def _stanza(self, head: Text, stanza: Stanza, note: str | None = None) -> RenderableType:
         head.append(stanza.kind.value if stanza.kind.value != "other" else stanza.name, "bold")
         details = [
             f"{name}={value}"
@@ -181,6 +182,8 @@ class View:
             head.append("  " + "  ".join(details))
         if stanza.redacted:
             head.append("  (secrets redacted)", "yellow")
+        if note:
+            head.append(f"  {note}", "bold blue")
         if self.raw:
             code = _excerpt(stanza.raw, None)
         else:
@@ -188,6 +191,13 @@ class View:
             if len(code) > PRETTY_LIMIT:
                 code = f"{code[:PRETTY_LIMIT]}\n… ({len(stanza.raw)} bytes in all; --raw shows all)"
         return Group(head, Padding(_xml(code), (0, 0, 0, 4)))
+
+
+def _reply_note(record: Record, request: Record | None) -> str | None:
+    if request is None or not isinstance(request.event, Stanza):
+        return None
+    milliseconds = (record.t - request.t) * 1000
+    return f"↩ {request.event.type} answered in {milliseconds:.1f} ms"
 
 
 def summary(event: Disconnected) -> str:
