@@ -167,7 +167,17 @@ def _kind(value: str) -> Test:
             f"unknown kind {value!r}{_suggest(value, KIND_NAMES)}; "
             f"kinds are: {', '.join(sorted(KIND_NAMES))}"
         )
-    return lambda record, _: value in kind_names(record.event)
+    # Resolved once to the stanza kinds and event types the name covers: a set lookup a record.
+    stanza_kinds = frozenset(kind for kind, names in STANZA_KINDS.items() if value in names)
+    event_types = frozenset(cls for cls, names in EVENT_KINDS.items() if value in names)
+
+    def test(record: Record, _: Context) -> bool:
+        event = record.event
+        if type(event) is Stanza:
+            return event.kind in stanza_kinds
+        return type(event) in event_types
+
+    return test
 
 
 def _type(value: str) -> Test:
@@ -554,11 +564,26 @@ def _compile(node: Node) -> Test:
             inner = _compile(operand)
             return lambda record, context: not inner(record, context)
         case And(operands):
-            tests = [_compile(operand) for operand in operands]
-            return lambda record, context: all(test(record, context) for test in tests)
+            every = tuple(_compile(operand) for operand in operands)
+
+            # Plain loops, not all()/any() over a generator: this runs for every record.
+            def all_of(record: Record, context: Context) -> bool:
+                for test in every:  # noqa: SIM110
+                    if not test(record, context):
+                        return False
+                return True
+
+            return all_of
         case Or(operands):
-            tests = [_compile(operand) for operand in operands]
-            return lambda record, context: any(test(record, context) for test in tests)
+            some = tuple(_compile(operand) for operand in operands)
+
+            def any_of(record: Record, context: Context) -> bool:
+                for test in some:  # noqa: SIM110
+                    if test(record, context):
+                        return True
+                return False
+
+            return any_of
 
 
 class Filter:
@@ -570,9 +595,13 @@ class Filter:
         self.context = Context()
 
     def __call__(self, record: Record) -> bool:
-        if isinstance(record.event, Bound | StreamOpened):
+        if type(record.event) in _CONTEXT_EVENTS:
             self.context.see(record)
         return self._test is None or self._test(record, self.context)
+
+
+_CONTEXT_EVENTS = frozenset({Bound, StreamOpened})
+"""Events that tell the filter who a connection's peers are."""
 
 
 def from_flags(flags: Sequence[tuple[str, bool, str]]) -> Node | None:

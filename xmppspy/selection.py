@@ -48,11 +48,6 @@ class IqPairs:
         return sorted(self._waiting.values(), key=lambda record: record.t)
 
 
-def _is_iq(record: Record, types: tuple[str, ...]) -> bool:
-    event = record.event
-    return isinstance(event, Stanza) and event.kind is Kind.IQ and event.type in types
-
-
 class Selector:
     """Decides, record by record and in order, what the view gets."""
 
@@ -62,13 +57,14 @@ class Selector:
 
     def __call__(self, record: Record) -> Shown | None:
         matched = self.predicate(record)
-        if self.pairs is not None:
-            if matched and _is_iq(record, ("get", "set")):
-                self.pairs.request(record)
-            elif _is_iq(record, ("result", "error")):
+        event = record.event
+        if self.pairs is not None and type(event) is Stanza and event.kind is Kind.IQ:
+            if event.type in ("result", "error"):
                 request = self.pairs.reply(record)
                 if request is not None:
                     return Shown(record, reply_to=request)
+            elif matched and event.type in ("get", "set"):
+                self.pairs.request(record)
         if matched:
             return Shown(record)
         if isinstance(record.event, Bound):
