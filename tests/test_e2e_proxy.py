@@ -214,3 +214,117 @@ async def test_a_closed_stdout_stops_the_view_not_the_sessions(
         proxy.kill()
     assert "stdout was closed: nothing more is shown; relaying goes on" in proxy.stderr()
     assert "Traceback" not in proxy.stderr()
+
+
+# -- filters, live (tests/test_filters.py has the rest) -------------------------------------------
+
+
+def _from_alice(records: list[Record]) -> list[Record]:
+    """alice's messages, found without xmppspy's filters: what she sent, and its deliveries."""
+    alice = next(
+        r.conn for r in records if isinstance(r.event, Bound) and r.event.jid.startswith("alice@")
+    )
+    return [
+        r
+        for r in records
+        if isinstance(r.event, Stanza)
+        and r.event.kind is Kind.MESSAGE
+        and (
+            (r.conn == alice and r.event.dir is Direction.C2S)
+            or (r.event.from_ or "").startswith("alice@example.test/")
+        )
+    ]
+
+
+def _message_bodies(lines: list[dict[str, object]], direction: str) -> list[str]:
+    """The bodies of the JSON lines of one direction (their raw XML, parsed on its own)."""
+    from lxml import etree
+
+    return [
+        etree.fromstring(str(line["raw"]).encode()).findtext("{*}body") or ""
+        for line in lines
+        if line["dir"] == direction
+    ]
+
+
+async def test_a_filter_shows_only_alices_messages_live_and_the_capture_keeps_everything(
+    prosody: ProsodyServer, tmp_path: Path
+) -> None:
+    expression = f"message and from:{prosody.jid('alice')}"
+    proxy = await chat_through_proxy(prosody, tmp_path, "-f", expression, "--json")
+    shown = [orjson.loads(line) for line in proxy.stdout().splitlines()]
+    records = read(tmp_path / "session.jsonl")
+    conn = {r.event.jid.split("@")[0]: r.conn for r in records if isinstance(r.event, Bound)}
+
+    # Live: alice's messages as she sent them (no from: she is the connection's bound JID),
+    # then as Prosody delivered them to bob (from='alice@example.test/...'), and nothing else.
+    assert {line["kind"] for line in shown} == {"message"}
+    sent = [line for line in shown if line["dir"] == "c2s"]
+    delivered = [line for line in shown if line["dir"] == "s2c"]
+    assert {line["conn"] for line in sent} == {conn["alice"]}
+    assert all("from" not in line for line in sent)
+    assert {line["conn"] for line in delivered} == {conn["bob"]}
+    assert all(line["from"].startswith("alice@example.test/") for line in delivered)
+    assert _message_bodies(sent, "c2s") == list(ALICE_TO_BOB)
+    assert _message_bodies(delivered, "s2c") == list(ALICE_TO_BOB)
+    expected = [(r.conn, r.event.raw.decode()) for r in _from_alice(records)]  # type: ignore[union-attr]
+    assert [(line["conn"], line["raw"]) for line in shown] == expected
+
+    # The capture still has everything: bob's side of the chat, logins, rosters, presence.
+    assert bodies(records, Direction.C2S, conn["bob"]) == list(BOB_TO_ALICE)
+    assert bodies(records, Direction.S2C, conn["alice"]) == list(BOB_TO_ALICE)
+    kinds = {r.event.kind for r in records if isinstance(r.event, Stanza)}
+    assert {Kind.FEATURES, Kind.SASL_AUTH, Kind.IQ, Kind.PRESENCE, Kind.MESSAGE} <= kinds
+    assert len(records) > 3 * len(shown)
+    header = orjson.loads((tmp_path / "session.jsonl").read_bytes().splitlines()[0])
+    assert "filtered" not in header
+
+
+async def test_record_filtered_records_only_what_the_filter_shows(
+    prosody: ProsodyServer, tmp_path: Path
+) -> None:
+    expression = f"message and from:{prosody.jid('alice')}"
+    proxy = await chat_through_proxy(
+        prosody, tmp_path, "-f", expression, "--json", "--record-filtered"
+    )
+    shown = [orjson.loads(line) for line in proxy.stdout().splitlines()]
+    records = read(tmp_path / "session.jsonl")
+    stanzas = [r for r in records if isinstance(r.event, Stanza)]
+    assert [(r.conn, r.event.dir.value, r.event.raw.decode()) for r in stanzas] == [  # type: ignore[union-attr]
+        (line["conn"], line["dir"], line["raw"]) for line in shown
+    ]
+    assert len(stanzas) == 2 * len(ALICE_TO_BOB)
+    assert {r.event.kind for r in stanzas} == {Kind.MESSAGE}  # type: ignore[union-attr]
+    # besides the matches, only what tells who each connection is (for a faithful replay)
+    others = {type(r.event).__name__ for r in records if not isinstance(r.event, Stanza)}
+    assert others == {"Connected", "StreamOpened", "Bound", "Disconnected"}
+    assert _message_bodies(shown, "c2s") == _message_bodies(shown, "s2c") == list(ALICE_TO_BOB)
+    header = orjson.loads((tmp_path / "session.jsonl").read_bytes().splitlines()[0])
+    assert header["filtered"] == {"flags": [], "expression": expression}
+
+
+async def test_a_filtered_capture_replays_as_it_was_shown_live(
+    prosody: ProsodyServer, tmp_path: Path
+) -> None:
+    """Replaying a ``--record-filtered`` capture with the same filter shows the same records.
+
+    The capture keeps the ``bound`` events and stream headers that tell ``from:`` and ``to:``
+    whom a stanza without from or to belongs to; without them alice's own messages (which
+    carry no from) would vanish on replay.
+    """
+    expression = f"message and from:{prosody.jid('alice')}"
+    proxy = await chat_through_proxy(
+        prosody, tmp_path, "-f", expression, "--json", "--record-filtered"
+    )
+    live = proxy.stdout().splitlines()
+    assert len(live) == 2 * len(ALICE_TO_BOB)
+    replay = subprocess.run(
+        [
+            *(sys.executable, "-m", "xmppspy", "replay", str(tmp_path / "session.jsonl")),
+            *("-f", expression, "--json"),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert replay.stdout.decode().splitlines() == live

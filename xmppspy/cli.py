@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 import trio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from xmppspy import __version__
 from xmppspy.capture import (
@@ -26,7 +27,7 @@ from xmppspy.capture import (
     encode_record,
     open_capture,
 )
-from xmppspy.events import Record
+from xmppspy.events import Bound, Connected, Disconnected, Record, StreamOpened
 from xmppspy.filters import ATOMS, Filter, FilterError, make_filter
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
 from xmppspy.relay import (
@@ -116,7 +117,8 @@ def _consoles(*, color: bool = True) -> tuple[Console, Console]:
 
 
 def _fail(err: Console, message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]xmppspy:[/] {message}", highlight=False, markup=True)
+    # The message may quote what the person wrote ("grep:[a-z]+("): never read it as markup.
+    err.print(f"[bold red]xmppspy:[/] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -186,6 +188,22 @@ def with_filters(command: Callable[..., None]) -> Callable[..., None]:
 
     wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
     return wrapper
+
+
+def _recorded(predicate: Filter) -> Callable[[Record], bool]:
+    """What ``--record-filtered`` keeps: matches, and the events that say who a connection is.
+
+    Without headers and ``bound`` events a replay could not tell whom a stanza without
+    ``from`` or ``to`` belongs to, and the same filter would show less than it did live.
+    """
+
+    def keep(record: Record) -> bool:
+        return predicate(record) or type(record.event) in CONTEXT_RECORDS
+
+    return keep
+
+
+CONTEXT_RECORDS = frozenset({StreamOpened, Bound, Connected, Disconnected})
 
 
 def _selector(
@@ -352,7 +370,7 @@ def proxy(
         )
     recorder: Sink | None = writer
     if writer is not None and record_filtered:
-        recorder = FilteredSink(writer, _filter(err, filter_flags, filter_expression))
+        recorder = FilteredSink(writer, _recorded(_filter(err, filter_flags, filter_expression)))
     config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets)
     try:
         relay = trio.run(

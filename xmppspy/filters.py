@@ -12,6 +12,7 @@ against ``atoms_markdown()``).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ from xmppspy.events import (
     StreamOpened,
     TlsStarted,
 )
-from xmppspy.namespaces import PREFIXES
+from xmppspy.namespaces import PREFIXES, STANZA_NAMESPACES
 
 # -- what the atoms look at -----------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class Context:
                 self.peers.setdefault(record.conn, _Peers()).server = domain
 
     def sender(self, conn: str, stanza: Stanza) -> str | None:
-        if stanza.from_ is not None:
+        if stanza.from_ is not None or stanza.kind not in _ADDRESSED:
             return stanza.from_
         peers = self.peers.get(conn)
         if peers is None:
@@ -140,12 +141,16 @@ class Context:
         return peers.jid if stanza.dir is Direction.C2S else peers.server
 
     def recipient(self, conn: str, stanza: Stanza) -> str | None:
-        if stanza.to is not None:
+        if stanza.to is not None or stanza.kind not in _ADDRESSED:
             return stanza.to
         peers = self.peers.get(conn)
         if peers is None:
             return None
         return peers.server if stanza.dir is Direction.C2S else peers.jid
+
+
+_ADDRESSED = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})
+"""Stanzas proper, which RFC 6120's implicit from and to apply to (not <r/>, <auth/>, ...)."""
 
 
 # -- atoms ----------------------------------------------------------------------------------------
@@ -162,6 +167,7 @@ class Atom:
 
 
 def _kind(value: str) -> Test:
+    value = value.lower()
     if value not in KIND_NAMES:
         raise FilterError(
             f"unknown kind {value!r}{_suggest(value, KIND_NAMES)}; "
@@ -263,6 +269,10 @@ def _ns(value: str) -> Test:
         event = record.event
         if not isinstance(event, Stanza):
             return False
+        if event.name.startswith(prefix):
+            return True  # a stream-level element (sasl, sm, ...) in that namespace
+        if value in STANZA_NAMESPACES:
+            return False  # every <body/> is in jabber:client: that is no payload
         # The namespace must be written in the stanza or its header: a cheap test first.
         if needle not in event.raw and needle not in event.context:
             return False
@@ -308,10 +318,18 @@ def _grep(value: str) -> Test:
     return test
 
 
+def _xpath_true(result: object) -> bool:
+    """XPath's boolean(): a number is true unless it is zero or NaN (Python's bool(nan) is True)."""
+    if isinstance(result, float):
+        return result == result and result != 0
+    return bool(result)
+
+
 def _xpath(value: str) -> Test:
     try:
         query = etree.XPath(value, namespaces=PREFIXES)
-    except etree.XPathSyntaxError as exc:
+        query(etree.Element("probe"))  # an unknown prefix or function fails here, not silently
+    except (etree.XPathSyntaxError, etree.XPathEvalError) as exc:
         raise FilterError(f"XPath {value!r}: {exc}") from None
 
     def test(record: Record, _: Context) -> bool:
@@ -321,8 +339,9 @@ def _xpath(value: str) -> Test:
         element = _element(event)
         if element is None:
             return False
+        # A copy of its own, so that "/" is the stanza, not the namespace wrapper it was read in.
         try:
-            return bool(query(element))
+            return _xpath_true(query(copy.deepcopy(element)))
         except etree.XPathEvalError:
             return False
 
@@ -435,6 +454,8 @@ def _tokens(text: str) -> list[_Token]:
                 i = closing + 1
                 continue
             if char == "(":
+                if ":" not in text[start:i]:
+                    break  # "not(iq)": a keyword or kind name cannot hold a parenthesis
                 depth += 1
             elif char == ")":
                 if depth == 0:
@@ -535,12 +556,15 @@ class _Parser:
             node = AtomNode(name.lower(), value)
         elif word.lower() in _BARE_WORDS:
             node = AtomNode(*_BARE_WORDS[word.lower()])
-        elif word in KIND_NAMES:
-            node = AtomNode("kind", word)
+        elif word.lower() in KIND_NAMES:
+            node = AtomNode("kind", word.lower())
         else:
-            words = sorted({*KIND_NAMES, *_BARE_WORDS, *(f"{n}:" for n in ATOMS)})
+            if colon:
+                hint = _suggest(name.lower(), ATOMS)
+            else:
+                hint = _suggest(word, {*KIND_NAMES, *_BARE_WORDS, *(f"{n}:" for n in ATOMS)})
             raise FilterError(
-                f"unknown atom {word!r} at column {token.column + 1}{_suggest(word, words)}; "
+                f"unknown atom {word!r} at column {token.column + 1}{hint}; "
                 f"write NAME:VALUE with NAME one of {', '.join(ATOMS)}, or a kind\n"
                 f"  {self.text}\n  {' ' * token.column}^"
             )
