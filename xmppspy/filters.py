@@ -360,12 +360,15 @@ ATOMS: dict[str, Atom] = {
              "unavailable, ...); a message without a type is normal, a presence without one "
              "available", _type),
         Atom("jid", "JID", "stanzas from or to this JID: a full JID matches itself, a bare JID "
-             "all its resources, a domain every JID at it; on a client stream a stanza without "
-             "from or to counts as from or to the connection's bound JID or the server", _jid),
+             "all its resources, a domain every JID at it; on a client stream a message, "
+             "presence or iq without from or to counts as from or to the connection's bound JID "
+             "or the server", _jid),
         Atom("from", "JID", "stanzas from this JID (matched as for jid)", _from),
         Atom("to", "JID", "stanzas to this JID (matched as for jid)", _to),
-        Atom("ns", "NAMESPACE", "stanzas with a payload element in this namespace "
-             "(urn:xmpp:ping, jabber:iq:roster, http://jabber.org/protocol/disco#info, ...)", _ns),
+        Atom("ns", "NAMESPACE", "elements in this namespace, or with a payload in it "
+             "(urn:xmpp:ping, jabber:iq:roster, http://jabber.org/protocol/disco#info, ...; "
+             "urn:ietf:params:xml:ns:xmpp-sasl is the SASL elements, jabber:client the client "
+             "stanzas)", _ns),
         Atom("id", "ID", "stanzas with this id", _id),
         Atom("dir", "DIR", "events in this direction: c2s (client to server) or s2c", _dir),
         Atom("conn", "ID", "events of this connection (c1, c2, ...)", _conn),
