@@ -41,17 +41,32 @@ PRETTY_LIMIT = 16 * 1024
 EXCERPT = 200
 
 
+_UNPRINTABLE = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (
+        *range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0),
+        *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+    )
+}  # fmt: skip
+"""Control characters (and bidi overrides) a peer could use to drive the person's terminal."""
+
+
+def printable(raw: bytes) -> str:
+    """Wire bytes as text that is safe to print: invalid UTF-8 and controls shown escaped."""
+    return raw.decode("utf-8", "backslashreplace").translate(_UNPRINTABLE)
+
+
 def pretty_xml(stanza: Stanza) -> str:
     """The stanza indented for reading, or its raw text when it cannot be parsed."""
     try:
         element = parse_stanza(stanza.context, stanza.raw)
     except ValueError:
-        return stanza.raw.decode("utf-8", "backslashreplace")
+        return printable(stanza.raw)
     wrapper = copy.deepcopy(element.getparent())
     assert wrapper is not None
     etree.indent(wrapper, space="  ")
     lines = etree.tostring(wrapper, encoding="unicode").splitlines()[1:-1]
-    return "\n".join(line[2:] for line in lines)
+    return "\n".join(line[2:] for line in lines).translate(_UNPRINTABLE)
 
 
 def _bytes(count: int) -> str:
@@ -59,7 +74,7 @@ def _bytes(count: int) -> str:
 
 
 def _excerpt(raw: bytes, limit: int | None) -> str:
-    text = raw.decode("utf-8", "backslashreplace")
+    text = printable(raw)
     if limit is not None and len(text) > limit:
         return f"{text[:limit]}… ({len(raw)} bytes in all)"
     return text
