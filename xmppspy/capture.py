@@ -201,11 +201,11 @@ class CaptureWriter:
         self._write(encode_header(meta))
 
     def accept(self, records: Sequence[Record]) -> None:
-        if records and self.failed is None:
-            self._write(b"".join(encode_record(record) for record in records))
+        lines = b"".join(encode_record(record) for record in records)
+        if records and self.failed is None and self._write(lines):
             self.written += len(records)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> bool:
         try:
             view = memoryview(data)
             while view:
@@ -214,6 +214,8 @@ class CaptureWriter:
         except OSError as exc:
             self.failed = exc
             self._warn(f"capture stopped, the proxy goes on: {exc.strerror or exc}")
+            return False
+        return True
 
     def close(self) -> None:
         try:

@@ -36,6 +36,7 @@ READ_SIZE = 64 * 1024
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 """Resource exhaustion: wait and accept again rather than stop serving everyone."""
 CONNECT_TIMEOUT = 10.0
+REFUSE_TIMEOUT = 2.0
 
 UPSTREAM_FAILED = (
     b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -175,40 +176,51 @@ class Relay:
                         raise
                     await trio.sleep(0.1)
                     continue
-                host, port = stream.socket.getpeername()[:2]
+                try:
+                    host, port = stream.socket.getpeername()[:2]
+                except OSError:  # it reset between the kernel's accept and ours: nothing to do
+                    await stream.aclose()
+                    continue
                 nursery.start_soon(self.handle, stream, f"{host}:{port}")
 
     async def handle(self, client: trio.abc.Stream, client_name: str) -> None:
         """Proxy one client until both sides are done, or one breaks."""
         stats = ConnectionStats(f"c{next(self._ids)}", client_name, time.time())
         self.connections.append(stats)
-        async with client:
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    upstream = await self.open_upstream()
-            except (OSError, trio.TooSlowError) as exc:
-                stats.reason = f"upstream {self.config.upstream} unreachable: {_why(exc)}"
-                self._emit(stats.conn, [stats.summary()])
-                with trio.move_on_after(1):
-                    await _send_quietly(client, UPSTREAM_FAILED)
-                return
-            self._emit(stats.conn, [Connected(client_name, self.config.upstream)])
-            session = Session(
-                max_stanza_size=self.config.max_stanza_size,
-                show_secrets=self.config.show_secrets,
-            )
-            stats.reason = "proxy stopped"
-            try:
-                async with upstream, trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, client, upstream, Direction.C2S, session, stats)
-                    nursery.start_soon(self._pump, upstream, client, Direction.S2C, session, stats)
-                stats.reason = "closed by both sides"
-            except* _PeerGone as group:
-                stats.reason = str(group.exceptions[0])
-            finally:
+        stats.reason = "proxy stopped"
+        session: Session | None = None
+        try:
+            async with client:
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        upstream = await self.open_upstream()
+                except (OSError, trio.TooSlowError) as exc:
+                    stats.reason = f"upstream {self.config.upstream} unreachable: {_why(exc)}"
+                    await _refuse(client)
+                    return
+                self._emit(stats.conn, [Connected(client_name, self.config.upstream)])
+                session = Session(
+                    max_stanza_size=self.config.max_stanza_size,
+                    show_secrets=self.config.show_secrets,
+                )
+                try:
+                    async with upstream, trio.open_nursery() as nursery:
+                        nursery.start_soon(
+                            self._pump, client, upstream, Direction.C2S, session, stats
+                        )
+                        nursery.start_soon(
+                            self._pump, upstream, client, Direction.S2C, session, stats
+                        )
+                    stats.reason = "closed by both sides"
+                except* _PeerGone as group:
+                    stats.reason = str(group.exceptions[0])
+        finally:
+            # One summary per connection, however it ended (also when the proxy stops mid-connect).
+            leftovers: list[Event] = []
+            if session is not None:
                 leftovers = session.close(Direction.C2S) + session.close(Direction.S2C)
                 stats.jid = session.jid
-                self._emit(stats.conn, [*leftovers, stats.summary()])
+            self._emit(stats.conn, [*leftovers, stats.summary()])
 
     async def _pump(
         self,
@@ -266,9 +278,22 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(data)
+async def _refuse(client: trio.abc.Stream) -> None:
+    """Tell the client the server is unreachable, and close so that it can read that.
+
+    Closing with unread input makes the kernel reset the connection, and a reset may discard
+    the error before the client reads it: so shut down our side, then drain what the client
+    already sent (its stream header), for a bounded time.
+    """
+    with (
+        trio.move_on_after(REFUSE_TIMEOUT),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await client.send_all(UPSTREAM_FAILED)
+        if isinstance(client, trio.abc.HalfCloseableStream):
+            await client.send_eof()
+        while await client.receive_some(READ_SIZE):
+            pass
 
 
 def tcp_upstream(host: str, port: int) -> OpenUpstream:
