@@ -201,8 +201,9 @@ class CaptureWriter:
         self._write(encode_header(meta))
 
     def accept(self, records: Sequence[Record]) -> None:
-        lines = b"".join(encode_record(record) for record in records)
-        if records and self.failed is None and self._write(lines):
+        if not records or self.failed is not None:
+            return
+        if self._write(b"".join(encode_record(record) for record in records)):
             self.written += len(records)
 
     def _write(self, data: bytes) -> bool:

@@ -40,6 +40,10 @@ DEFAULT_MAX_STANZA_SIZE = 1024 * 1024
 _XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _STREAM = STREAMS + " stream"
 _WHITESPACE = b" \t\r\n"
+_HOLD = 64 * 1024
+"""Bytes held back from expat while no ``>`` arrives (see ``StreamParser._parse``)."""
+_SPENT = expat.ParserCreate()
+"""Stands in for the expat parser of a direction that failed; never fed."""
 # A start tag as bytes, attribute values quoted (they may hold ">"); group 1 is "/" if self-closing.
 START_TAG = re.compile(rb"""<[^\s/>]+(?:\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*(/?)>""")
 
@@ -123,7 +127,7 @@ class StreamParser:
         parser.ProcessingInstructionHandler = self._processing_instruction
         parser.EntityDeclHandler = self._entity_declaration
         self._expat = parser
-        self._expat_base = self._emitted
+        self._expat_base = self._parsed = self._emitted
         self._depth = 0
         self._declarations: dict[str | None, str] = {}
         self._context = b""
@@ -171,7 +175,8 @@ class StreamParser:
         trailing = self._take_unemitted()
         self.state = State.OPAQUE
         self._opaque_reason = reason
-        self._emitted = self._fed
+        self._emitted = self._parsed = self._fed
+        self._expat = _SPENT
         return [Opaque(self.direction, trailing, reason)] if trailing else []
 
     def close(self) -> list[WireEvent]:
@@ -180,7 +185,10 @@ class StreamParser:
         Nothing observed may go missing from a capture, so an element cut off by a closing
         peer comes out as a ``ParseError`` with its bytes. Calling it again returns nothing.
         """
-        self._events = events = list[WireEvent]()
+        events = []
+        if self.state in (State.HEADER, State.STREAM) and self._fed > self._parsed:
+            events = self._parse(b"", flush=True)  # held bytes may hold the real error
+        self._events = events
         if self.state in (State.HEADER, State.STREAM, State.PAUSED) and self.pending:
             trailing = bytes(self._buf[self._emitted - self._buf_start :])
             if not trailing.strip(_WHITESPACE):
@@ -190,8 +198,9 @@ class StreamParser:
                 what = "a stream header" if self._depth == 0 else "an element"
                 self._fail(f"the connection ended in the middle of {what}", self._fed)
         self._buf.clear()
-        self._buf_start = self._emitted = self._fed
+        self._buf_start = self._emitted = self._parsed = self._fed
         self.state = State.CLOSED
+        self._events = []
         return events
 
     @property
@@ -207,13 +216,26 @@ class StreamParser:
         self._buf_start = self._emitted
         return trailing
 
-    def _parse(self, data: bytes) -> list[WireEvent]:
+    def _parse(self, data: bytes, *, flush: bool = False) -> list[WireEvent]:
+        """Parse what was fed; ``data`` is the newest part of it.
+
+        expat 2.5 re-scans an unfinished token from its start on every call, so a long tag fed
+        in small reads costs quadratic time, and the relay is one thread for all connections.
+        No element event can complete without a ``>``: reads without one are held (up to
+        ``_HOLD`` bytes) and given to expat together with the read that brings one.
+        """
         self._events = events = list[WireEvent]()
         if self.state is State.CLOSED:
             self._after_close()
             return events
+        held = self._fed - self._parsed
+        if not flush and b">" not in data and held < _HOLD and not self._not_a_header():
+            self._end_of_feed()
+            return self._done(events)
+        chunk = bytes(self._buf[self._parsed - self._buf_start :])
+        self._parsed = self._fed
         try:
-            self._expat.Parse(data, False)
+            self._expat.Parse(chunk, False)
         except _Stop:
             self._stopped()
         except _Violation as exc:
@@ -223,20 +245,33 @@ class StreamParser:
             reason = expat.errors.messages[exc.code] if exc.code else str(exc)
             self._fail(reason, self._expat_base + self._expat.ErrorByteIndex)
         else:
-            try:
-                if self._depth == 1:
-                    self._between(self._fed, end_of_feed=True)
-                self._check_size(self._emitted, self._fed)
-            except _Violation as exc:
-                self._fail(str(exc), exc.at if exc.at is not None else self._emitted)
-        self._compact()
-        return events
+            self._end_of_feed()
+        return self._done(events)
 
-    def _compact(self) -> None:
-        drop = self._emitted - self._buf_start
-        if drop:
-            del self._buf[:drop]
-            self._buf_start = self._emitted
+    def _not_a_header(self) -> bool:
+        """Bytes before the header that cannot start one (TLS, HTTP): report them at once."""
+        if self._depth != 0:
+            return False
+        start = self._buf.lstrip(b" \t\r\n\xef\xbb\xbf")[:1]
+        return bool(start) and start != b"<"
+
+    def _end_of_feed(self) -> None:
+        """Whitespace and stray text between stanzas, and the size limit, checked on bytes."""
+        try:
+            if self._depth == 1:
+                self._between(self._fed, end_of_feed=True)
+            self._check_size(self._emitted, self._fed)
+        except _Violation as exc:
+            self._fail(str(exc), exc.at if exc.at is not None else self._emitted)
+
+    def _done(self, events: list[WireEvent]) -> list[WireEvent]:
+        """Drop the bytes both the events and expat are done with; keep no events alive."""
+        keep_from = min(self._emitted, self._parsed)
+        if keep_from > self._buf_start:
+            del self._buf[: keep_from - self._buf_start]
+            self._buf_start = keep_from
+        self._events = []
+        return events
 
     def _check_size(self, start: int, end: int) -> None:
         """Refuse an element (or header) over the limit, however the bytes were read."""
@@ -286,7 +321,8 @@ class StreamParser:
             reason = _sniff(raw) or reason
         self.state = State.OPAQUE
         self._opaque_reason = OpaqueReason.AFTER_ERROR
-        self._emitted = self._fed
+        self._emitted = self._parsed = self._fed
+        self._expat = _SPENT  # let go of the failed parser's buffers (megabytes, after a big one)
         self._events.append(ParseError(self.direction, raw, offset, max(at, offset), reason))
 
     def _stopped(self) -> None:
@@ -322,9 +358,9 @@ class StreamParser:
             self._header(name, attrs)
 
     def _header(self, name: str, attrs: dict[str, str]) -> None:
-        if name != _STREAM:
-            raise _Violation(f"expected a <stream:stream> header, got <{_clark(name)}>")
         start = self._expat_base + self._expat.CurrentByteIndex
+        if name != _STREAM:
+            raise _Violation(f"expected a <stream:stream> header, got <{_clark(name)}>", start)
         end, self_closing = self._tag_end(start)
         self._check_size(self._emitted, end)
         self._context = context_tag(self._declarations)
