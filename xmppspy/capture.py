@@ -67,15 +67,12 @@ def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-_DIRECTIONS = {direction: direction.value for direction in Direction}
-_KINDS = {kind: kind.value for kind in Kind}
-
-
 def _stanza_fields(stanza: Stanza) -> dict[str, Any]:
     """The fields of a stanza line: the one event in every read, so written out by hand."""
-    fields: dict[str, Any] = {"dir": _DIRECTIONS[stanza.dir], "event": "stanza"}
+    # _value_, not .value or a dict lookup: both go through Enum's Python-level machinery.
+    fields: dict[str, Any] = {"dir": stanza.dir._value_, "event": "stanza"}
     fields.update(_raw_fields(stanza.raw))
-    fields["kind"] = _KINDS[stanza.kind]
+    fields["kind"] = stanza.kind._value_
     fields["name"] = stanza.name
     if stanza.type is not None:
         fields["type"] = stanza.type

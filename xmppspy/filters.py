@@ -149,7 +149,7 @@ class Context:
         return peers.server if stanza.dir is Direction.C2S else peers.jid
 
 
-_ADDRESSED = frozenset({Kind.MESSAGE, Kind.PRESENCE, Kind.IQ})
+_ADDRESSED = (Kind.MESSAGE, Kind.PRESENCE, Kind.IQ)
 """Stanzas proper, which RFC 6120's implicit from and to apply to (not <r/>, <auth/>, ...)."""
 
 
@@ -173,9 +173,10 @@ def _kind(value: str) -> Test:
             f"unknown kind {value!r}{_suggest(value, KIND_NAMES)}; "
             f"kinds are: {', '.join(sorted(KIND_NAMES))}"
         )
-    # Resolved once to the stanza kinds and event types the name covers: a set lookup a record.
-    stanza_kinds = frozenset(kind for kind, names in STANZA_KINDS.items() if value in names)
-    event_types = frozenset(cls for cls, names in EVENT_KINDS.items() if value in names)
+    # Resolved once to the stanza kinds and event types the name covers. Tuples: membership
+    # tests identity first, where a set would call Enum's Python-level __hash__ every record.
+    stanza_kinds = tuple(kind for kind, names in STANZA_KINDS.items() if value in names)
+    event_types = tuple(cls for cls, names in EVENT_KINDS.items() if value in names)
 
     def test(record: Record, _: Context) -> bool:
         event = record.event

@@ -103,7 +103,8 @@ class StreamParser:
     ) -> None:
         self.direction = direction
         self.max_stanza_size = max_stanza_size
-        self._pause_after = frozenset(pause_after)
+        # A tuple: membership by identity, where a set would call Enum's Python-level __hash__.
+        self._pause_after = tuple(pause_after)
         self.state = State.HEADER
         self._opaque_reason = OpaqueReason.AFTER_ERROR
         self._fed = 0

@@ -93,11 +93,12 @@ class ChannelSink(Generic[T]):
         self.dropped = 0
 
     def accept(self, records: Sequence[Record]) -> None:
+        select, send = self.select, self.channel.send_nowait
         for record in records:
-            item = self.select(record)
+            item = select(record)
             if item is not None:
                 try:
-                    self.channel.send_nowait(item)
+                    send(item)
                 except trio.WouldBlock:
                     self.dropped += 1
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
