@@ -46,7 +46,6 @@ from run import (
     CONTACTS,
     HOST,
     MB,
-    OTHER_LOAD_WARNING,
     SERVER_HEADER,
     WORDS,
     BenchError,
@@ -63,6 +62,8 @@ from run import (
     proc_status,
     proxy_command,
     read_capture,
+    report_other_load,
+    run_main,
     send_stream,
     source_digest,
     table,
@@ -1117,32 +1118,13 @@ def _main(argv: Sequence[str] | None) -> int:
             "All checks passed: every echo intact, the capture complete and exact per connection "
             "and direction, the proxy's counts right, no unexpected output, exit status 0."
         )
-    other, wall = load.seconds()
-    print(
-        f"Other processes used {other:.1f} CPU seconds during the {wall:.1f} s of measurement "
-        f"({other / wall:.0%} of one CPU)"
-    )
-    if other / wall > OTHER_LOAD_WARNING:
-        print(
-            "  warning: the machine was busy with other work: figures are low and noisy; "
-            "run again on a quiet machine"
-        )
+    report_other_load(load)
     print(f"Total bench time {time.perf_counter() - began:.1f} s")
     return 1 if notes else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except BenchError as exc:
-        print(f"load: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("load: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. piped into head
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return run_main("load", _main, argv)
 
 
 if __name__ == "__main__":

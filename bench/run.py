@@ -1119,6 +1119,13 @@ def _main(argv: Sequence[str] | None) -> int:
             "Checks passed: byte counts equal, the proxy's stanza and byte counts equal, capture "
             "lines as expected, echoes intact, no unexpected proxy output."
         )
+    report_other_load(load)
+    print(f"Total bench time {time.perf_counter() - began:.1f} s")
+    return 1 if notes else 0
+
+
+def report_other_load(load: OtherLoad) -> None:
+    """How much CPU other processes took while we measured, and a warning if it was a lot."""
     other, wall = load.seconds()
     print(
         f"Other processes used {other:.1f} CPU seconds during the {wall:.1f} s of measurement "
@@ -1129,22 +1136,27 @@ def _main(argv: Sequence[str] | None) -> int:
             "  warning: the machine was busy with other work: figures are low and noisy; "
             "run again on a quiet machine"
         )
-    print(f"Total bench time {time.perf_counter() - began:.1f} s")
-    return 1 if notes else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run_main(
+    name: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
+) -> int:
+    """A bench's exit status: errors and interruptions as one line, never a traceback."""
     try:
-        return _main(argv)
+        return body(argv)
     except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("bench", _main, argv)
 
 
 if __name__ == "__main__":
