@@ -230,24 +230,22 @@ def _jid_matcher(pattern: str) -> Callable[[str | None], bool]:
     return matches
 
 
-def _from(value: str) -> Test:
+def _addressed(value: str, side: Callable[[Context, str, Stanza], str | None]) -> Test:
     matches = _jid_matcher(value)
 
     def test(record: Record, context: Context) -> bool:
         event = record.event
-        return isinstance(event, Stanza) and matches(context.sender(record.conn, event))
+        return isinstance(event, Stanza) and matches(side(context, record.conn, event))
 
     return test
+
+
+def _from(value: str) -> Test:
+    return _addressed(value, Context.sender)
 
 
 def _to(value: str) -> Test:
-    matches = _jid_matcher(value)
-
-    def test(record: Record, context: Context) -> bool:
-        event = record.event
-        return isinstance(event, Stanza) and matches(context.recipient(record.conn, event))
-
-    return test
+    return _addressed(value, Context.recipient)
 
 
 def _jid(value: str) -> Test:
