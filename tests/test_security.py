@@ -119,7 +119,7 @@ def start_cli(args: Sequence[str], workdir: Path, *, umask: int = -1) -> subproc
     )
     err.close()
     deadline = time.monotonic() + 15
-    while b"listening on" not in (workdir / "err").read_bytes():
+    while b"Ctrl-C stops" not in (workdir / "err").read_bytes():  # the ready line
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait(10)

@@ -53,7 +53,7 @@ class ProxyProcess:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         deadline = time.monotonic() + timeout
-        while b"listening on" not in self.stderr_path.read_bytes():
+        while b"Ctrl-C stops" not in self.stderr_path.read_bytes():  # the ready line
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"xmppspy proxy did not start:\n{self.stderr()}")
