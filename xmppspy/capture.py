@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -234,7 +235,7 @@ class CaptureReader:
     header: CaptureHeader
     truncated: bool = False
     _handle: IO[bytes] | None = field(default=None, repr=False)
-    _lines: Iterator[tuple[int, bytes]] = field(default_factory=lambda: iter(()), repr=False)
+    _line: int = field(default=1, repr=False)
     _contexts: dict[tuple[str, Direction], bytes] = field(default_factory=dict, repr=False)
 
     def __enter__(self) -> CaptureReader:
@@ -248,7 +249,32 @@ class CaptureReader:
             self._handle.close()
 
     def __iter__(self) -> Iterator[Record]:
-        for number, line in self._lines:
+        return self.records()
+
+    def records(
+        self, *, follow: bool = False, wait: Callable[[], None] = lambda: time.sleep(0.2)
+    ) -> Iterator[Record]:
+        """The records in file order.
+
+        With ``follow``, reaching the end means waiting (``wait``) for a running proxy to append
+        more, as ``tail -f`` does; a line it is still writing is held until complete.
+        """
+        assert self._handle is not None
+        handle, partial = self._handle, b""
+        while True:
+            line = handle.readline()
+            if not line:
+                if not follow:
+                    break
+                if os.fstat(handle.fileno()).st_size < handle.tell():
+                    raise CaptureError(f"{self.path} shrank while being followed: was it replaced?")
+                wait()
+                continue
+            line, partial = partial + line, b""
+            if follow and not line.endswith(b"\n"):
+                partial = line
+                continue
+            self._line += 1
             if not line.strip():
                 continue
             try:
@@ -257,11 +283,13 @@ class CaptureReader:
                 if not line.endswith(b"\n"):
                     self.truncated = True
                     return
-                raise CaptureError(f"{self.path}:{number}: not a JSON line ({exc})") from exc
+                raise CaptureError(f"{self.path}:{self._line}: not a JSON line ({exc})") from exc
             try:
                 yield self._record(fields)
             except (KeyError, ValueError, TypeError, binascii.Error) as exc:
-                raise CaptureError(f"{self.path}:{number}: not a capture record ({exc!r})") from exc
+                raise CaptureError(
+                    f"{self.path}:{self._line}: not a capture record ({exc!r})"
+                ) from exc
 
     def _record(self, f: dict[str, Any]) -> Record:
         return Record(t=float(f["t"]), conn=str(f["conn"]), event=self._event(f))
@@ -358,10 +386,23 @@ def open_capture(path: Path) -> CaptureReader:
     except (CaptureError, OSError):
         handle.close()
         raise
-    lines = enumerate(handle, start=2)
     meta = {k: v for k, v in header.items() if k not in {"format", "version", "created"}}
     header_record = CaptureHeader(VERSION, str(header.get("created", "")), meta)
-    return CaptureReader(path, header_record, _handle=handle, _lines=lines)
+    return CaptureReader(path, header_record, _handle=handle)
+
+
+class Pacer:
+    """Waits between records as long as they were apart when recorded, ``speed`` times faster."""
+
+    def __init__(self, speed: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.speed = speed
+        self.sleep = sleep
+        self._last: float | None = None
+
+    def wait_for(self, record: Record) -> None:
+        if self._last is not None and record.t > self._last:
+            self.sleep((record.t - self._last) / self.speed)
+        self._last = record.t
 
 
 def _read_header(path: Path, handle: IO[bytes]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from xmppspy import __version__
 from xmppspy.capture import (
     CaptureError,
     CaptureWriter,
+    Pacer,
     create_capture_file,
     encode_record,
     open_capture,
@@ -189,6 +190,21 @@ def with_filters(command: Callable[..., None]) -> Callable[..., None]:
 
     wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
     return wrapper
+
+
+def _pacer(err: Console, pace: str) -> Pacer | None:
+    """``--pace``: None for fast, else a pacer at the given speed (original is 1)."""
+    if pace == "fast":
+        return None
+    if pace == "original":
+        return Pacer(1.0)
+    try:
+        speed = float(pace)
+    except ValueError:
+        speed = 0.0
+    if not speed > 0 or speed == float("inf"):
+        _fail(err, f"--pace {pace!r}: write original, fast, or how many times faster (2, 0.5)", 2)
+    return Pacer(speed)
 
 
 def _recorded(predicate: Filter) -> Callable[[Record], bool]:
@@ -501,6 +517,24 @@ def replay(
     raw: RawOption = False,
     json_: JsonOption = False,
     with_replies: RepliesOption = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-F",
+            help="Keep showing events as a running proxy appends them (like tail -f); Ctrl-C "
+            "stops.",
+        ),
+    ] = False,
+    pace: Annotated[
+        str,
+        typer.Option(
+            "--pace",
+            metavar="original|fast|N",
+            help="Show events as fast as possible (fast), with their recorded timing "
+            "(original), or N times faster than recorded (2, 0.5, ...).",
+        ),
+    ] = "fast",
     *,
     filter_flags: FilterFlags,
     filter_expression: str | None,
@@ -510,14 +544,21 @@ def replay(
     Example: `xmppspy replay session.jsonl --kind message --type chat`
     """
     out, err = _consoles()
+    pacer = _pacer(err, pace)
     selector = _selector(err, filter_flags, filter_expression, with_replies=with_replies)
     view: View | JsonView = JsonView(err) if json_ else View(out, raw=raw)
     try:
         with open_capture(capture) as reader:
-            for record in reader:
-                shown = selector(record)
-                if shown is not None:
-                    view.show(shown)
+            try:
+                for record in reader.records(follow=follow):
+                    shown = selector(record)
+                    if shown is not None:
+                        if pacer is not None and shown.visible:
+                            pacer.wait_for(record)
+                        view.show(shown)
+            except KeyboardInterrupt:
+                if not follow:
+                    raise typer.Exit(130) from None
         view.unanswered(selector.unanswered())
     except CaptureError as exc:
         _fail(err, str(exc))
@@ -529,6 +570,61 @@ def replay(
             f"[yellow]xmppspy: {capture} ends in a cut line (the proxy was stopped while "
             "writing); everything before it was shown[/]"
         )
+
+
+@app.command()
+@with_filters
+def stats(
+    capture: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
+        ),
+    ],
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the numbers as one JSON document on stdout.")
+    ] = False,
+    *,
+    filter_flags: FilterFlags,
+    filter_expression: str | None,
+) -> None:
+    """Count what a recorded session holds, per connection and in total.
+
+    Stanzas and bytes by kind, type and direction; top payload namespaces; the largest
+    stanzas; IQ round trips by namespace; stanza and stream errors; stanzas per second.
+    With filters, only what they select is counted.
+
+    Example: `xmppspy stats session.jsonl --kind iq`
+    """
+    # Imported here: only this command needs them, and the others start no slower for it.
+    from xmppspy.stats import Stats
+    from xmppspy.stats_view import report_json, report_view
+
+    out, err = _consoles()
+    selector = _selector(err, filter_flags, filter_expression, with_replies=False)
+    counts = Stats()
+    try:
+        with open_capture(capture) as reader:
+            for record in reader:
+                if selector(record) is not None:
+                    counts.feed(record)
+    except CaptureError as exc:
+        _fail(err, str(exc))
+    if reader.truncated:
+        _fail(
+            err,
+            f"{capture} ends in a cut line (the proxy was stopped while writing): "
+            "its statistics would be incomplete",
+        )
+    report = counts.report()
+    try:
+        if json_:
+            sys.stdout.buffer.write(report_json(report))
+            sys.stdout.buffer.flush()
+        else:
+            out.print(report_view(report))
+    except (BrokenPipeError, ViewGone):
+        _silence_stdout()
 
 
 @app.command()
