@@ -23,6 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "selection": {"events", "filters"},
     "capture": {"__init__", "events", "parser", "xml", "orjson"},
     "render": {"events", "selection", "xml", "lxml", "rich"},
+    "stats": {"events", "filters", "namespaces", "selection"},
+    "stats_view": {"events", "stats", "rich", "orjson"},
     "relay": {"events", "parser", "session", "trio"},
     "cli": {
         "__init__",
@@ -33,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
         "relay",
         "render",
         "selection",
+        "stats",
+        "stats_view",
         "trio",
         "typer",
         "rich",

@@ -42,6 +42,8 @@ from xmppspy.relay import (
 )
 from xmppspy.render import View, summary
 from xmppspy.selection import Selector, Shown
+from xmppspy.stats import Stats
+from xmppspy.stats_view import report_json, report_view
 
 VIEW_BUFFER = 2048
 """Records waiting for the terminal; past this the view skips them (and says so)."""
@@ -596,10 +598,6 @@ def stats(
 
     Example: `xmppspy stats session.jsonl --kind iq`
     """
-    # Imported here: only this command needs them, and the others start no slower for it.
-    from xmppspy.stats import Stats
-    from xmppspy.stats_view import report_json, report_view
-
     out, err = _consoles()
     selector = _selector(err, filter_flags, filter_expression, with_replies=False)
     counts = Stats()
@@ -611,10 +609,9 @@ def stats(
     except CaptureError as exc:
         _fail(err, str(exc))
     if reader.truncated:
-        _fail(
-            err,
-            f"{capture} ends in a cut line (the proxy was stopped while writing): "
-            "its statistics would be incomplete",
+        err.print(
+            f"[yellow]xmppspy: {escape(str(capture))} ends in a cut line (the proxy was stopped "
+            "while writing); the figures cover everything before it[/]"
         )
     report = counts.report()
     try:

@@ -18,6 +18,7 @@ tree of frozen dataclasses (rendered by ``stats_view``, serialised as they are f
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import statistics
@@ -192,7 +193,6 @@ class _Tally:
     """The running numbers of one connection or of the total."""
 
     conn: str | None
-    jid: str | None = None
     by_kind: Counter[tuple[Kind, str | None, Direction]] = field(default_factory=Counter)
     kind_bytes: Counter[tuple[Kind, str | None, Direction]] = field(default_factory=Counter)
     wire_bytes: Counter[Direction] = field(default_factory=Counter)
@@ -224,7 +224,7 @@ class _Tally:
             )
         return Summary(
             conn=self.conn,
-            jid=self.jid,
+            jid=None,
             stanzas=sum(self.by_kind.values()),
             c2s_bytes=self.wire_bytes[Direction.C2S],
             s2c_bytes=self.wire_bytes[Direction.S2C],
@@ -263,18 +263,20 @@ class Stats:
         self._start: float | None = None
         self._end: float | None = None
         self._seconds: Counter[int] = Counter()
+        self._jids: dict[str, str] = {}
 
     def feed(self, record: Record) -> None:
+        event = record.event
+        if isinstance(event, Bound):
+            # A label, not a count: it names its connection, and starts or moves nothing.
+            self._jids[record.conn] = event.jid
+            return
         if self._start is None:
             self._start = record.t
         self._end = record.t if self._end is None else max(self._end, record.t)
         tally = self._conns.get(record.conn)
         if tally is None:
             tally = self._conns[record.conn] = _Tally(record.conn)
-        event = record.event
-        if isinstance(event, Bound):
-            tally.jid = event.jid
-            return
         if not isinstance(event, _WIRE):
             return
         for each in (tally, self._total):
@@ -340,7 +342,8 @@ class Stats:
             buckets = tuple(self._seconds[second] for second in range(length))
         return Report(
             connections=tuple(
-                tally.summary(unanswered[conn]) for conn, tally in self._conns.items()
+                dataclasses.replace(tally.summary(unanswered[conn]), jid=self._jids.get(conn))
+                for conn, tally in self._conns.items()
             ),
             total=self._total.summary(unanswered[None]),
             start=self._start,

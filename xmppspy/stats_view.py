@@ -66,6 +66,7 @@ def _summary_tables(summary: Summary) -> Iterator[RenderableType]:
     )
     for row in summary.by_kind:
         kinds.add_row(row.kind, row.type or "-", ARROWS[row.dir], str(row.stanzas), str(row.bytes))
+    yield Text("")
     yield kinds
 
     if summary.namespaces:
@@ -75,12 +76,14 @@ def _summary_tables(summary: Summary) -> Iterator[RenderableType]:
         namespaces = _table(title, ["namespace"], ["stanzas"])
         for count in shown:
             namespaces.add_row(count.namespace, str(count.stanzas))
+        yield Text("")
         yield namespaces
 
     if summary.largest:
         largest = _table("Largest stanzas", ["conn", "dir", "kind", "id"], ["bytes"])
         for big in summary.largest:
             largest.add_row(big.conn, ARROWS[big.dir], big.kind, big.id or "-", str(big.bytes))
+        yield Text("")
         yield largest
 
     if summary.latency:
@@ -98,6 +101,7 @@ def _summary_tables(summary: Summary) -> Iterator[RenderableType]:
                 duration(rtt.max),
                 str(rtt.unanswered),
             )
+        yield Text("")
         yield latency
 
     errors = [("stanza", e) for e in summary.stanza_errors]
@@ -106,8 +110,10 @@ def _summary_tables(summary: Summary) -> Iterator[RenderableType]:
         table = _table("Errors", ["error", "kind", "condition"], ["count"])
         for what, error in errors:
             table.add_row(what, error.kind, error.condition, str(error.count))
+        yield Text("")
         yield table
     else:
+        yield Text("")
         yield Text("No stanza or stream errors.", style="dim")
 
 
@@ -136,7 +142,7 @@ class Histogram:
             return
         label_width = len(f"+{(len(counts) - 1) * step}s")
         count_width = len(str(max(counts)))
-        width = max(1, options.max_width - label_width - count_width - 3)
+        width = max(1, options.max_width - label_width - count_width - 2)
         peak = max(counts) or 1
         for index, count in enumerate(counts):
             eighths = round(count / peak * width * 8)
