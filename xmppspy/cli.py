@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import trio
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from xmppspy import __version__
 from xmppspy.capture import (
@@ -537,16 +539,96 @@ def replay(
             "(original), or N times faster than recorded (2, 0.5, ...).",
         ),
     ] = "fast",
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            metavar="HOST:PORT",
+            help="Replay as a client: connect to this live server, log in as --login and send the "
+            "connection's client stanzas again, then compare the replies with the recorded ones.",
+            rich_help_panel="Client replay",
+            show_default=False,
+        ),
+    ] = None,
+    jid: Annotated[
+        str | None,
+        typer.Option(
+            "--login",
+            metavar="JID",
+            help="The account to log in as with --server (user@domain[/resource]).",
+            rich_help_panel="Client replay",
+            show_default=False,
+        ),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password",
+            metavar="PASSWORD",
+            envvar="XMPPSPY_PASSWORD",
+            help="The password of --login (better given in the environment).",
+            rich_help_panel="Client replay",
+            show_default=False,
+        ),
+    ] = None,
+    maps: Annotated[
+        list[str],
+        typer.Option(
+            "--map",
+            metavar="OLD=NEW",
+            help="With --server, write the JID NEW wherever a replayed stanza's to or from says "
+            "OLD (repeatable). The recorded account's own JID is mapped to --login by itself.",
+            rich_help_panel="Client replay",
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006 - typer reads the default; it is never mutated
+    no_compare: Annotated[
+        bool,
+        typer.Option(
+            "--no-compare",
+            help="With --server, only replay: do not compare the replies with the recorded ones.",
+            rich_help_panel="Client replay",
+        ),
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            help="With --server, how long to wait for replies after the last stanza.",
+            rich_help_panel="Client replay",
+        ),
+    ] = 2.0,
     *,
     filter_flags: FilterFlags,
     filter_expression: str | None,
 ) -> None:
     """Show a recorded session again, with the same view and filters as the live proxy.
 
+    With --server, replay one connection as a client against a live server instead, and compare
+    what it answers with what was recorded (exit status 1 when anything differs).
+
     Example: `xmppspy replay session.jsonl --kind message --type chat`
     """
     out, err = _consoles()
     pacer = _pacer(err, pace)
+    if to is not None:
+        keep = _filter(err, filter_flags, filter_expression)
+        _client_replay(
+            capture,
+            to,
+            jid,
+            password,
+            maps,
+            not no_compare,
+            wait,
+            pacer,
+            keep,
+            JsonView(err) if json_ else View(out, raw=raw),
+            out,
+            err,
+        )
     selector = _selector(err, filter_flags, filter_expression, with_replies=with_replies)
     view: View | JsonView = JsonView(err) if json_ else View(out, raw=raw)
     try:
@@ -572,6 +654,152 @@ def replay(
             f"[yellow]xmppspy: {capture} ends in a cut line (the proxy was stopped while "
             "writing); everything before it was shown[/]"
         )
+
+
+def _client_replay(
+    capture: Path,
+    to: str,
+    jid: str | None,
+    password: str | None,
+    maps: list[str],
+    comparing: bool,
+    wait: float,
+    pacer: Pacer | None,
+    keep: Filter,
+    view: View | JsonView,
+    out: Console,
+    err: Console,
+) -> NoReturn:
+    """``replay --server``: one recorded connection played as a client against a live server."""
+    from rich.table import Table
+
+    from xmppspy.client import ClientError, ClientStream, play, stream_header
+    from xmppspy.events import Direction, Stanza, WireEvent
+    from xmppspy.parser import StreamParser
+    from xmppspy.replay import (
+        STANZA_KINDS,
+        JidMap,
+        Progress,
+        ReplayError,
+        Status,
+        all_match,
+        compare,
+        make_plan,
+        parse_maps,
+        rewrite,
+    )
+
+    if jid is None or password is None:
+        _fail(
+            err, "--server needs --login and --password (or XMPPSPY_PASSWORD in the environment)", 2
+        )
+    address = parse_address(to, default_port=XMPP_PORT)
+    try:
+        extra = parse_maps(maps)
+        with open_capture(capture) as reader:
+            records = list(reader)
+        plan = make_plan(records, keep)
+        stream = ClientStream(jid, password, resource=plan.resource)
+    except (CaptureError, ReplayError, ClientError) as exc:
+        _fail(err, str(exc), 2 if isinstance(exc, ReplayError) and "--map" in str(exc) else 1)
+    conn = f"replay {plan.conn}"
+    notes = err if isinstance(view, JsonView) else out
+    sent = [record.event for record in plan.sends if isinstance(record.event, Stanza)]
+    progress = Progress(sent, plan.expected)
+    actual: list[Stanza] = []
+    outgoing: list[tuple[float, bytes]] = []
+    shown_sent: list[Record] = []
+    jids = JidMap(plan.jid, plan.jid)
+
+    def ready(bound: str) -> list[tuple[float, bytes]]:
+        nonlocal jids
+        jids = JidMap(plan.jid, bound, extra)
+        err.print(
+            f"xmppspy: replaying {plan.conn} ({plan.jid}) to {address} as {bound}: "
+            f"{len(plan.sends)} stanzas",
+            highlight=False,
+        )
+        view.show(Shown(Record(time.time(), conn, Bound(Direction.S2C, bound))))
+        own = StreamParser(Direction.C2S)
+        own.feed(stream_header(stream.domain))
+        delays: list[float] = []
+        if pacer is not None:
+            pacer.sleep = delays.append
+        for record in plan.sends:
+            assert isinstance(record.event, Stanza)
+            raw, changes = rewrite(record.event.raw, jids)
+            for change in changes:
+                notes.print(f"rewrote id={record.event.id} {change}", highlight=False, markup=False)
+            before = len(delays)
+            if pacer is not None:
+                pacer.wait_for(record)
+            outgoing.append((delays[before] if len(delays) > before else 0.0, raw))
+            shown_sent.extend(Record(0.0, conn, e) for e in own.feed(raw) if isinstance(e, Stanza))
+        return outgoing
+
+    def on_sent(index: int) -> None:
+        record = shown_sent[index] if index < len(shown_sent) else None
+        if record is not None:
+            view.show(Shown(Record(time.time(), conn, record.event)))
+
+    def on_received(event: WireEvent) -> None:
+        view.show(Shown(Record(time.time(), conn, event)))
+        if isinstance(event, Stanza) and event.kind in STANZA_KINDS:
+            actual.append(event)
+            progress.received(event)
+
+    try:
+        trio.run(
+            functools.partial(
+                play,
+                address.host,
+                address.port,
+                stream,
+                wait=wait,
+                on_ready=ready,
+                on_sent=on_sent,
+                on_received=on_received,
+                done=(lambda: progress.done) if comparing else (lambda: False),
+            )
+        )
+    except ClientError as exc:
+        _fail(err, str(exc))
+    except KeyboardInterrupt:
+        _fail(err, "interrupted", 130)
+    except ViewGone:
+        _silence_stdout()
+    for warning in stream.warnings:
+        err.print(f"[yellow]xmppspy: {escape(warning)}[/]")
+    if not comparing:
+        raise typer.Exit(0)
+    outcomes = compare(sent, plan.expected, actual, jids)
+    styles = {
+        Status.MATCH: "green",
+        Status.DIFFER: "bold red",
+        Status.MISSING: "bold yellow",
+        Status.NEW: "bold cyan",
+    }
+    table = Table(title=f"replies compared with {capture.name} ({plan.conn})", title_justify="left")
+    for column in ("", "reply", "detail"):
+        table.add_column(column)
+    for outcome in outcomes:
+        table.add_row(
+            Text(outcome.status.value, styles[outcome.status]),
+            Text(outcome.what),
+            Text(outcome.detail),
+        )
+    counts = {status: sum(1 for o in outcomes if o.status is status) for status in Status}
+    line = ", ".join(f"{count} {status.value}" for status, count in counts.items())
+    try:
+        notes.print(table)
+        notes.print(
+            f"{line}: {'everything matches' if all_match(outcomes) else 'differences'}",
+            highlight=False,
+            markup=False,
+        )
+    except ViewGone:
+        _silence_stdout()
+    raise typer.Exit(0 if all_match(outcomes) else 1)
 
 
 @app.command()
@@ -622,6 +850,95 @@ def stats(
             out.print(report_view(report))
     except (BrokenPipeError, ViewGone):
         _silence_stdout()
+
+
+@app.command()
+def serve(
+    capture: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
+        ),
+    ],
+    listen: Annotated[
+        str,
+        typer.Option(
+            "--listen",
+            "-l",
+            metavar="HOST:PORT",
+            help="Where clients connect. Loopback by default; another address exposes the mock.",
+        ),
+    ] = "127.0.0.1:5222",
+    conn: Annotated[
+        str | None,
+        typer.Option(
+            "--conn",
+            metavar="ID",
+            help="Play this recorded connection (c1, c2, ...) to every client. By default a "
+            "client gets the connection its SASL user had, else the first one.",
+            show_default=False,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="End a client's stream (stream error) at its first stanza that the capture "
+            "does not have next, and exit 1 at the end if any client did so.",
+        ),
+    ] = False,
+    raw: RawOption = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show no traffic, only the summaries.")
+    ] = False,
+) -> None:
+    """Play a recorded session back as a mock server that clients can log in to.
+
+    Any SASL PLAIN credentials are accepted; each client stanza is answered with what the
+    server sent after the matching recorded one (ids and the bound JID rewritten).
+
+    Example: `xmppspy serve session.jsonl --listen 127.0.0.1:5222 --strict`
+    """
+    from xmppspy import serve as mock_serve
+    from xmppspy.mock import ScriptError
+
+    out, err = _consoles()
+    listen_at = parse_address(listen, default_port=XMPP_PORT)
+    try:
+        scripts = mock_serve.load_scripts(capture, conn)
+    except (CaptureError, ScriptError) as exc:
+        _fail(err, str(exc))
+    if not _is_loopback(listen_at.host):
+        err.print(
+            f"[bold yellow]xmppspy: listening on {listen_at}, not a loopback address: anyone who "
+            "can reach it can use this mock server.[/]"
+        )
+    service = mock_serve.MockService(
+        scripts,
+        mock_serve.ServeView(None if quiet else out, raw=raw),
+        conn=conn,
+        strict=strict,
+        warn=lambda message: err.print(f"xmppspy: {message}", highlight=False, markup=False),
+    )
+    names = ", ".join(f"{s.conn} {s.jid}" for s in scripts.values())
+
+    def ready(address: str) -> None:
+        err.print(
+            f"xmppspy {__version__}: serving {capture} ({names}) on {address}; Ctrl-C stops",
+            highlight=False,
+            markup=False,
+        )
+
+    try:
+        trio.run(mock_serve.run, service, listen_at.host, listen_at.port, ready)
+    except OSError as exc:
+        _fail(err, f"cannot listen on {listen_at}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        _fail(err, "interrupted before the mock server was ready", 130)
+    for played in service.played:
+        err.print(played.summary(), highlight=False, markup=False)
+    if strict and any(played.mock.departure for played in service.played):
+        raise typer.Exit(1)
 
 
 @app.command()
