@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import typer.main
 from rich.console import Console
 from test_capture import session_records, write
 from typer.testing import CliRunner
@@ -191,3 +192,16 @@ def test_view_at_a_fixed_width() -> None:
     assert lines[-1].endswith(
         "closed a@b/c: closed by both sides; C→S 3 stanzas 1 bytes, S→C 4 stanzas 2 bytes"
     )
+
+
+def test_no_command_declares_an_option_twice() -> None:
+    """Generated filter flags must not silently shadow a command's own options (--to, --jid)."""
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        seen: dict[str, str] = {}
+        for param in command.params:
+            for option in [*param.opts, *param.secondary_opts]:
+                assert option not in seen, (
+                    f"{name}: {option} is both {seen[option]} and {param.name}"
+                )
+                seen[option] = param.name
