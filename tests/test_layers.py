@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "stats_view": {"events", "stats", "rich", "orjson"},
     "relay": {"events", "parser", "session", "trio"},
     "mock": {"events", "namespaces", "parser", "redact", "lxml"},
-    "serve": {"capture", "events", "mock", "render", "selection", "trio", "rich"},
+    "serve": {"capture", "events", "mock", "relay", "render", "selection", "trio", "rich"},
     "client": {"events", "namespaces", "parser", "trio", "lxml"},
     "replay": {"events", "parser", "lxml"},
     "cli": {

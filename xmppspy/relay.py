@@ -162,27 +162,7 @@ class Relay:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept clients until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started()
-
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_RETRY:
-                        raise
-                    await trio.sleep(0.1)
-                    continue
-                try:
-                    host, port = stream.socket.getpeername()[:2]
-                except OSError:  # it reset between the kernel's accept and ours: nothing to do
-                    await stream.aclose()
-                    continue
-                nursery.start_soon(self.handle, stream, f"{host}:{port}")
+        await accept_clients(listeners, self.handle, task_status=task_status)
 
     async def handle(self, client: trio.abc.Stream, client_name: str) -> None:
         """Proxy one client until both sides are done, or one breaks."""
@@ -267,6 +247,41 @@ class Relay:
     def _emit(self, conn: str, events: Sequence[Event]) -> None:
         now = time.time()
         self.sink.accept([Record(now, conn, event) for event in events])
+
+
+async def accept_clients(
+    listeners: Sequence[trio.SocketListener],
+    handle: Callable[[trio.SocketStream, str], Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept on every listener until cancelled, handing each client and its address to handle."""
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, nursery, handle)
+        task_status.started()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    handle: Callable[[trio.SocketStream, str], Awaitable[None]],
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY:
+                    raise
+                await trio.sleep(0.1)
+                continue
+            try:
+                host, port = stream.socket.getpeername()[:2]
+            except OSError:  # it reset between the kernel's accept and ours: nothing to do
+                await stream.aclose()
+                continue
+            nursery.start_soon(handle, stream, f"{host}:{port}")
 
 
 def _names(direction: Direction) -> tuple[str, str]:

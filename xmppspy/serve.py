@@ -22,6 +22,7 @@ from rich.text import Text
 from xmppspy.capture import CaptureError, open_capture
 from xmppspy.events import Connected, Disconnected, Record
 from xmppspy.mock import MockServer, Output, Script, ScriptError, scripts_from
+from xmppspy.relay import accept_clients
 from xmppspy.render import View, summary
 from xmppspy.selection import Shown
 
@@ -131,21 +132,8 @@ class MockService:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started()
-
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        async with listener:
-            while True:
-                stream = await listener.accept()
-                try:
-                    host, port = stream.socket.getpeername()[:2]
-                except OSError:
-                    await stream.aclose()
-                    continue
-                nursery.start_soon(self.handle, stream, f"{host}:{port}")
+        """Accept clients until cancelled (the proxy's accept loop, retries and all)."""
+        await accept_clients(listeners, self.handle, task_status=task_status)
 
     async def handle(self, stream: trio.SocketStream, client: str) -> None:
         mock = MockServer(self.scripts, conn=self.conn, strict=self.strict)
