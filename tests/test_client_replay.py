@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from support.clients import run_chat_scenario
 from support.prosody import ProsodyServer, free_loopback_ports
 from support.proxy import ProxyProcess
@@ -16,7 +19,14 @@ from typer.testing import CliRunner
 
 from xmppspy.capture import open_capture
 from xmppspy.cli import app
-from xmppspy.client import BIND_ID, ClientError, ClientStream, stream_header
+from xmppspy.client import (
+    BIND_ID,
+    ClientError,
+    ClientStream,
+    Phase,
+    Scram,
+    stream_header,
+)
 from xmppspy.events import Bound, Direction, Record, Stanza, StreamOpened
 from xmppspy.parser import StreamParser
 from xmppspy.replay import (
@@ -73,7 +83,10 @@ def expected_client_bytes(password: str) -> bytes:
 def test_negotiation_on_recorded_server_bytes_sends_the_right_client_bytes(
     chunk: int | None,
 ) -> None:
-    stream = ClientStream("alice@example.test", "s3cret", resource="xmppspy-alice")
+    # The recorded exchange is PLAIN's (SCRAM's nonce would differ on every run).
+    stream = ClientStream(
+        "alice@example.test", "s3cret", resource="xmppspy-alice", mechanism="PLAIN"
+    )
     header = stream.start()
     assert b'to="example.test"' in header and b"xmlns='jabber:client'" in header
     data = server_bytes_of_alice()
@@ -104,21 +117,179 @@ def negotiate(*server: bytes, resource: str | None = "r") -> tuple[ClientStream,
     return stream, sent
 
 
-def test_a_required_starttls_is_refused_in_one_clear_line() -> None:
-    with pytest.raises(ClientError, match="requires STARTTLS"):
-        negotiate(
-            SERVER_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>"
-            b"<required/></starttls></stream:features>"
-        )
+TLS_NS = b"urn:ietf:params:xml:ns:xmpp-tls"
+SASL_NS = b"urn:ietf:params:xml:ns:xmpp-sasl"
 
 
-def test_no_plain_mechanism_is_refused() -> None:
-    with pytest.raises(ClientError, match="offers SCRAM-SHA-1; xmppspy does PLAIN"):
+def features(*mechanisms: str, starttls: bool = False) -> bytes:
+    tls = b"<starttls xmlns='" + TLS_NS + b"'><required/></starttls>" if starttls else b""
+    listed = b"".join(f"<mechanism>{m}</mechanism>".encode() for m in mechanisms)
+    return (
+        b"<stream:features>"
+        + tls
+        + b"<mechanisms xmlns='"
+        + SASL_NS
+        + b"'>"
+        + listed
+        + b"</mechanisms></stream:features>"
+    )
+
+
+def auth_of(sent: bytes) -> tuple[str, bytes]:
+    """The mechanism and decoded initial response of the <auth/> in ``sent``."""
+    (stanza,) = stanzas(Direction.C2S, sent)
+    return stanza.element.get("mechanism") or "", base64.b64decode(stanza.element.text or "")
+
+
+def test_starttls_is_used_when_offered_then_the_stream_restarts_over_tls() -> None:
+    stream = ClientStream("alice@example.test", "pw", resource="r")
+    reply, events = stream.receive(SERVER_HEADER + features("SCRAM-SHA-1", "PLAIN", starttls=True))
+    assert reply == b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" and not events
+    assert stream.phase is Phase.STARTTLS and not stream.wants_tls and not stream.secure
+    reply, events = stream.receive(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert reply == b"" and not events
+    assert stream.wants_tls  # the caller's turn: start TLS on the transport
+    with pytest.raises(RuntimeError, match="tls_started"):
+        stream.receive(b"<x/>")
+    assert stream.tls_started() == stream_header("example.test")
+    assert stream.secure and not stream.wants_tls and stream.phase is Phase.AUTH
+    # Over TLS, a new header and features: now SASL (STARTTLS is not done twice).
+    reply, _ = stream.receive(SERVER_HEADER + features("SCRAM-SHA-1-PLUS", "SCRAM-SHA-1", "PLAIN"))
+    mechanism, initial = auth_of(reply)
+    assert mechanism == "SCRAM-SHA-1" and initial.startswith(b"n,,n=alice,r=")
+
+
+def test_starttls_refused_or_followed_by_plain_bytes_fails() -> None:
+    with pytest.raises(ClientError, match=r"refused STARTTLS"):
         negotiate(
-            SERVER_HEADER
-            + b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
-            b"<mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"
+            SERVER_HEADER + features("PLAIN", starttls=True),
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
         )
+    stream, _ = negotiate(
+        SERVER_HEADER + features("PLAIN", starttls=True),
+        b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message/>",
+    )
+    assert stream.wants_tls
+    with pytest.raises(ClientError, match="unencrypted data after <proceed/>"):
+        stream.tls_started()
+    stream, _ = negotiate(SERVER_HEADER + features("PLAIN", starttls=True))
+    with pytest.raises(ClientError, match="closed the connection during STARTTLS"):
+        stream.close()
+
+
+# RFC 5802, section 5.
+RFC_NONCE = "fyko+d2lbbFgONRv9qkxdawL"
+RFC_SERVER_FIRST = b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"
+RFC_CLIENT_FINAL = (
+    b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
+)
+RFC_SERVER_FINAL = b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="
+
+
+def test_scram_sha1_gives_the_rfc_5802_messages() -> None:
+    scram = Scram("user", "pencil", nonce=RFC_NONCE)
+    assert scram.client_first() == b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"
+    assert scram.client_final(RFC_SERVER_FIRST) == RFC_CLIENT_FINAL
+    assert not scram.verified
+    scram.server_final(RFC_SERVER_FINAL)
+    assert scram.verified
+    assert Scram("a=b,c", "x", nonce="n").client_first() == b"n,,n=a=3Db=2Cc,r=n"
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def scram_stream() -> tuple[ClientStream, bytes]:
+    stream = ClientStream("user@example.test", "pencil", resource="r", nonce=RFC_NONCE)
+    reply, _ = stream.receive(SERVER_HEADER + features("PLAIN", "SCRAM-SHA-1"))
+    return stream, reply
+
+
+def test_scram_sha1_login_over_xmpp_with_the_rfc_vector() -> None:
+    stream, reply = scram_stream()
+    assert reply == (
+        b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>"
+        + b64(b"n,,n=user,r=" + RFC_NONCE.encode())
+        + b"</auth>"
+    )
+    assert stream.mechanism == "SCRAM-SHA-1"
+    reply, _ = stream.receive(
+        b"<challenge xmlns='" + SASL_NS + b"'>" + b64(RFC_SERVER_FIRST) + b"</challenge>"
+    )
+    assert reply == b"<response xmlns='" + SASL_NS + b"'>" + b64(RFC_CLIENT_FINAL) + b"</response>"
+    reply, _ = stream.receive(
+        b"<success xmlns='" + SASL_NS + b"'>" + b64(RFC_SERVER_FINAL) + b"</success>"
+    )
+    assert reply == stream_header("example.test") and stream.phase is Phase.BIND
+
+
+def test_scram_server_final_may_come_in_a_last_challenge() -> None:
+    stream, _ = scram_stream()
+    stream.receive(
+        b"<challenge xmlns='" + SASL_NS + b"'>" + b64(RFC_SERVER_FIRST) + b"</challenge>"
+    )
+    reply, _ = stream.receive(
+        b"<challenge xmlns='" + SASL_NS + b"'>" + b64(RFC_SERVER_FINAL) + b"</challenge>"
+    )
+    assert reply == b"<response xmlns='" + SASL_NS + b"'></response>"
+    reply, _ = stream.receive(b"<success xmlns='" + SASL_NS + b"'/>")
+    assert reply == stream_header("example.test") and stream.phase is Phase.BIND
+
+
+@pytest.mark.parametrize(
+    "success",
+    [
+        b64(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAA="),  # a wrong signature
+        b64(b"v=not base64!"),
+        b"",  # no signature at all
+    ],
+)
+def test_a_wrong_or_missing_scram_server_signature_is_an_error(success: bytes) -> None:
+    stream, _ = scram_stream()
+    stream.receive(
+        b"<challenge xmlns='" + SASL_NS + b"'>" + b64(RFC_SERVER_FIRST) + b"</challenge>"
+    )
+    with pytest.raises(ClientError, match=r"SCRAM signature is wrong|does not prove"):
+        stream.receive(b"<success xmlns='" + SASL_NS + b"'>" + success + b"</success>")
+    assert stream.phase is Phase.AUTH
+
+
+def test_scram_refuses_a_nonce_the_server_did_not_extend() -> None:
+    with pytest.raises(ClientError, match="nonce does not extend"):
+        Scram("user", "pencil", nonce=RFC_NONCE).client_final(b"r=other,s=QSXCR+Q6sek8bf92,i=1")
+    with pytest.raises(ClientError, match="refused the SCRAM proof: invalid-proof"):
+        scram = Scram("user", "pencil", nonce=RFC_NONCE)
+        scram.client_final(RFC_SERVER_FIRST)
+        scram.server_final(b"e=invalid-proof")
+
+
+@pytest.mark.parametrize(
+    ("offered", "wanted", "chosen"),
+    [
+        (("PLAIN", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-1"), None, "SCRAM-SHA-1"),
+        (("SCRAM-SHA-1-PLUS", "PLAIN"), None, "PLAIN"),
+        (("SCRAM-SHA-1", "PLAIN"), "PLAIN", "PLAIN"),
+    ],
+)
+def test_the_mechanism_is_scram_sha1_when_offered_and_never_plus(
+    offered: tuple[str, ...], wanted: str | None, chosen: str
+) -> None:
+    stream = ClientStream("alice@example.test", "pw", mechanism=wanted)
+    reply, _ = stream.receive(SERVER_HEADER + features(*offered))
+    assert auth_of(reply)[0] == chosen == stream.mechanism
+
+
+def test_no_supported_mechanism_is_refused() -> None:
+    with pytest.raises(
+        ClientError, match="offers SCRAM-SHA-1-PLUS, DIGEST-MD5; xmppspy does SCRAM-SHA-1, PLAIN"
+    ):
+        negotiate(SERVER_HEADER + features("SCRAM-SHA-1-PLUS", "DIGEST-MD5"))
+    with pytest.raises(ClientError, match=r"offers SCRAM-SHA-1; xmppspy does PLAIN$"):
+        stream = ClientStream("alice@example.test", "pw", mechanism="PLAIN")
+        stream.receive(SERVER_HEADER + features("SCRAM-SHA-1"))
+    with pytest.raises(ClientError, match="--sasl MD5: choose one of SCRAM-SHA-1, PLAIN"):
+        ClientStream("alice@example.test", "pw", mechanism="MD5")
 
 
 FEATURES_PLAIN = (
@@ -488,3 +659,115 @@ def test_a_capture_without_bind_is_a_clear_error(tmp_path: Path) -> None:
     args[1] = str(path)
     code, _, err = run(*args)
     assert code == 1 and "connection c1 never bound a resource" in err
+
+
+def test_bad_security_options_are_usage_errors(tmp_path: Path) -> None:
+    code, _, err = run(*client_args(1, "--conn", "c1", "--sasl", "MD5"))
+    assert code == 2 and "--sasl MD5: choose one of SCRAM-SHA-1, PLAIN" in err
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    code, _, err = run(*client_args(1, "--conn", "c1", "--server-ca", str(ca), "--server-insecure"))
+    assert code == 2 and "--server-ca and --server-insecure exclude each other" in err
+    code, _, err = run(*client_args(1, "--conn", "c1", "--server-ca", str(ca)))
+    assert code == 1 and err.startswith(f"xmppspy: --server-ca {ca}: cannot load it as PEM")
+    assert len(err.strip().splitlines()) == 1
+
+
+# -- end to end over STARTTLS -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_prosody(
+    prosody: ProsodyServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ProsodyServer, Path]]:
+    """A Prosody that requires TLS, with a certificate from a test CA; and that CA's PEM."""
+    workdir = tmp_path_factory.mktemp("tls-prosody")
+    ca = trustme.CA()
+    issued = ca.issue_cert(prosody.domain)
+    ca_pem, cert_pem, key_pem = workdir / "ca.pem", workdir / "cert.pem", workdir / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    cert_pem.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key_pem))
+    server = ProsodyServer(
+        workdir / "prosody",
+        users=prosody.users,
+        require_encryption=True,
+        certificate=cert_pem,
+        key=key_pem,
+    )
+    with server:
+        yield server, ca_pem
+
+
+@pytest.mark.e2e
+def test_replaying_over_starttls_with_the_servers_ca_logs_in_with_scram(
+    prosody: ProsodyServer,
+    tls_prosody: tuple[ProsodyServer, Path],
+    recorded: tuple[Path, str],
+) -> None:
+    server, ca = tls_prosody
+    capture, conn = recorded
+    done = replay_against(
+        server,
+        capture,
+        "--conn",
+        conn,
+        "--kind",
+        "iq",
+        "--server-ca",
+        str(ca),
+        password=prosody.users["alice"],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "over STARTTLS (TLSv1." in done.stderr
+    assert "certificate verified), SASL SCRAM-SHA-1: " in done.stderr
+    assert "bound as alice@example.test/xmppspy-alice" in done.stdout
+    assert "0 differ, 0 missing, 0 new: everything matches" in done.stdout
+    assert "Traceback" not in done.stderr and "warning" not in done.stderr
+    log = server.log_path.read_text("utf-8", "replace")  # the server's side of the story
+    assert "Stream encrypted (TLSv1." in log
+    assert re.search(r"<auth [^>]*mechanism='SCRAM-SHA-1'", log)  # attribute order varies
+
+
+@pytest.mark.e2e
+def test_an_unknown_ca_is_one_clear_line(
+    prosody: ProsodyServer,
+    tls_prosody: tuple[ProsodyServer, Path],
+    recorded: tuple[Path, str],
+) -> None:
+    server, _ = tls_prosody
+    capture, conn = recorded
+    done = replay_against(server, capture, "--conn", conn, password=prosody.users["alice"])
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1, done.stderr
+    assert line.startswith("xmppspy: TLS with example.test failed: certificate verify failed: ")
+    assert line.endswith("; use --server-ca FILE or --server-insecure")
+    assert done.stdout == ""
+
+
+@pytest.mark.e2e
+def test_server_insecure_skips_verification_with_a_warning(
+    prosody: ProsodyServer,
+    tls_prosody: tuple[ProsodyServer, Path],
+    recorded: tuple[Path, str],
+) -> None:
+    server, _ = tls_prosody
+    capture, conn = recorded
+    done = replay_against(
+        server,
+        capture,
+        "--conn",
+        conn,
+        "--kind",
+        "iq",
+        "--server-insecure",
+        password=prosody.users["alice"],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        "xmppspy: warning: --server-insecure: the server's TLS certificate is not verified"
+        in done.stderr.splitlines()
+    )
+    assert "certificate NOT verified), SASL SCRAM-SHA-1" in done.stderr
+    assert "everything matches" in done.stdout

@@ -600,6 +600,38 @@ def replay(
             rich_help_panel="Client replay",
         ),
     ] = 2.0,
+    server_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--server-ca",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="With --server, also trust this CA (PEM) for the server's STARTTLS certificate "
+            "(the system's trust store is always used).",
+            rich_help_panel="Client replay",
+            show_default=False,
+        ),
+    ] = None,
+    server_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--server-insecure",
+            help="With --server, do not verify the server's TLS certificate (a warning says so).",
+            rich_help_panel="Client replay",
+        ),
+    ] = False,
+    sasl: Annotated[
+        str | None,
+        typer.Option(
+            "--sasl",
+            metavar="PLAIN|SCRAM-SHA-1",
+            help="With --server, the SASL mechanism to log in with (default: SCRAM-SHA-1 when "
+            "offered, else PLAIN).",
+            rich_help_panel="Client replay",
+            show_default=False,
+        ),
+    ] = None,
     *,
     filter_flags: FilterFlags,
     filter_expression: str | None,
@@ -623,6 +655,7 @@ def replay(
             maps,
             not no_compare,
             wait,
+            _ClientTls(server_ca, server_insecure, sasl),
             pacer,
             keep,
             JsonView(err) if json_ else View(out, raw=raw),
@@ -656,6 +689,15 @@ def replay(
         )
 
 
+@dataclass(frozen=True)
+class _ClientTls:
+    """``replay --server``'s security options: extra CA, no verification, SASL mechanism."""
+
+    ca: Path | None
+    insecure: bool
+    sasl: str | None
+
+
 def _client_replay(
     capture: Path,
     to: str,
@@ -664,6 +706,7 @@ def _client_replay(
     maps: list[str],
     comparing: bool,
     wait: float,
+    security: _ClientTls,
     pacer: Pacer | None,
     keep: Filter,
     view: View | JsonView,
@@ -673,7 +716,14 @@ def _client_replay(
     """``replay --server``: one recorded connection played as a client against a live server."""
     from rich.table import Table
 
-    from xmppspy.client import ClientError, ClientStream, play, stream_header
+    from xmppspy.client import (
+        MECHANISMS,
+        ClientError,
+        ClientStream,
+        play,
+        stream_header,
+        tls_context,
+    )
     from xmppspy.events import Direction, Stanza, WireEvent
     from xmppspy.parser import StreamParser
     from xmppspy.replay import (
@@ -693,13 +743,19 @@ def _client_replay(
         _fail(
             err, "--server needs --login and --password (or XMPPSPY_PASSWORD in the environment)", 2
         )
+    sasl = security.sasl.upper() if security.sasl is not None else None
+    if sasl is not None and sasl not in MECHANISMS:
+        _fail(err, f"--sasl {security.sasl}: choose one of {', '.join(MECHANISMS)}", 2)
+    if security.insecure and security.ca is not None:
+        _fail(err, "--server-ca and --server-insecure exclude each other", 2)
     address = parse_address(to, default_port=XMPP_PORT)
     try:
+        context = tls_context(security.ca, insecure=security.insecure)
         extra = parse_maps(maps)
         with open_capture(capture) as reader:
             records = list(reader)
         plan = make_plan(records, keep)
-        stream = ClientStream(jid, password, resource=plan.resource)
+        stream = ClientStream(jid, password, resource=plan.resource, mechanism=sasl)
     except (CaptureError, ReplayError, ClientError) as exc:
         _fail(err, str(exc), 2 if isinstance(exc, ReplayError) and "--map" in str(exc) else 1)
     conn = f"replay {plan.conn}"
@@ -710,14 +766,30 @@ def _client_replay(
     outgoing: list[tuple[float, bytes]] = []
     shown_sent: list[Record] = []
     jids = JidMap(plan.jid, plan.jid)
+    tls_used: list[str] = []
+    if security.insecure:
+        err.print(
+            "[yellow]xmppspy: warning: --server-insecure: the server's TLS certificate is not "
+            "verified[/]",
+            highlight=False,
+        )
+
+    def on_tls(version: str) -> None:
+        tls_used.append(version)
 
     def ready(bound: str) -> list[tuple[float, bytes]]:
         nonlocal jids
         jids = JidMap(plan.jid, bound, extra)
+        if tls_used:
+            checked = "certificate NOT verified" if security.insecure else "certificate verified"
+            channel = f"STARTTLS ({tls_used[0]}, {checked})"
+        else:
+            channel = "no TLS (the server offered no STARTTLS)"
         err.print(
-            f"xmppspy: replaying {plan.conn} ({plan.jid}) to {address} as {bound}: "
-            f"{len(plan.sends)} stanzas",
+            f"xmppspy: replaying {plan.conn} ({plan.jid}) to {address} as {bound} over "
+            f"{channel}, SASL {stream.mechanism}: {len(plan.sends)} stanzas",
             highlight=False,
+            markup=False,
         )
         view.show(Shown(Record(time.time(), conn, Bound(Direction.S2C, bound))))
         own = StreamParser(Direction.C2S)
@@ -760,6 +832,8 @@ def _client_replay(
                 on_sent=on_sent,
                 on_received=on_received,
                 done=(lambda: progress.done) if comparing else (lambda: False),
+                tls=context,
+                on_tls=on_tls,
             )
         )
     except ClientError as exc:
