@@ -135,7 +135,21 @@ def event_fields(event: Event) -> dict[str, Any]:
                 **({"redacted": True} if event.redacted else {}),
             }
         case TlsStarted():
-            return {"dir": event.dir.value, "event": "tls"}
+            return {
+                "dir": event.dir.value,
+                "event": "tls",
+                **_drop_none(
+                    {
+                        "intercepted": True if event.intercepted else None,
+                        "version": event.version,
+                        "cipher": event.cipher,
+                        "server_subject": event.server_subject,
+                        "server_issuer": event.server_issuer,
+                        "server_fingerprint": event.server_fingerprint,
+                        "verified": event.verified,
+                    }
+                ),
+            }
         case Bound():
             return {"dir": event.dir.value, "event": "bound", "jid": event.jid}
         case Connected():
@@ -309,7 +323,16 @@ class CaptureReader:
             )
         direction = Direction(f["dir"])
         if name == "tls":
-            return TlsStarted(direction)
+            return TlsStarted(
+                direction,
+                intercepted=bool(f.get("intercepted", False)),
+                version=f.get("version"),
+                cipher=f.get("cipher"),
+                server_subject=f.get("server_subject"),
+                server_issuer=f.get("server_issuer"),
+                server_fingerprint=f.get("server_fingerprint"),
+                verified=f.get("verified"),
+            )
         if name == "bound":
             return Bound(direction, f["jid"])
         raw = f["raw"].encode("utf-8") if "raw" in f else base64.b64decode(f["raw_b64"])

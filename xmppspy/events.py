@@ -153,9 +153,19 @@ class Opaque:
 
 @dataclass(frozen=True)
 class TlsStarted:
-    """STARTTLS succeeded; the proxy relays the encrypted bytes without seeing inside."""
+    """STARTTLS succeeded. Intercepted, the proxy sees inside (with the TLS facts below);
+    passed through, it relays the encrypted bytes without seeing inside."""
 
     dir: Direction
+    intercepted: bool = False
+    version: str | None = None
+    cipher: str | None = None
+    server_subject: str | None = None
+    server_issuer: str | None = None
+    server_fingerprint: str | None = None
+    """SHA-256 of the server's certificate, hex with colons."""
+    verified: bool | None = None
+    """Whether the server's certificate verified (None: passed through, unknown)."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from xmppspy.events import (
     Event,
     Record,
     Stanza,
+    TlsStarted,
 )
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
 from xmppspy.session import Session
@@ -115,6 +118,8 @@ class RelayConfig:
     """``HOST:PORT`` as the person wrote it, for messages."""
     max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE
     show_secrets: bool = False
+    tls: TlsSetup | None = None
+    """How to intercept STARTTLS; None relays TLS opaquely (passthrough)."""
 
 
 @dataclass
@@ -139,6 +144,72 @@ class ConnectionStats:
 
 
 OpenUpstream = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+@dataclass
+class _Held:
+    """The client's first TLS bytes, read by its pump after <proceed/> and kept back."""
+
+    data: bytes = b""
+
+
+class _Replayed(trio.abc.Stream):
+    """A stream that first gives back bytes already read from it (the client's TLS hello)."""
+
+    def __init__(self, stream: trio.abc.Stream, first: bytes) -> None:
+        self.stream = stream
+        self.first = first
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.first:
+            await trio.lowlevel.checkpoint()
+            size = len(self.first) if max_bytes is None else max_bytes
+            data, self.first = self.first[:size], self.first[size:]
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass(frozen=True)
+class TlsSetup:
+    """What intercepting STARTTLS takes: our certificate per domain, and how to trust servers."""
+
+    server_context: Callable[[str], ssl.SSLContext]
+    """The client-facing context for a domain (xmppspy's leaf for it, or the person's own)."""
+    upstream_context: ssl.SSLContext
+
+
+def tls_facts(stream: trio.SSLStream[trio.abc.Stream], verified: bool) -> TlsStarted:
+    """What a person wants to know about the TLS session with the server."""
+    der = stream.getpeercert(binary_form=True) or b""
+    fingerprint = hashlib.sha256(der).hexdigest()
+    cert = stream.getpeercert() if verified else {}
+
+    def name(field: str) -> str | None:
+        parts = cert.get(field) if cert else None
+        if not parts:
+            return None
+        return ", ".join(f"{k}={v}" for rdn in parts for k, v in rdn)
+
+    cipher = stream.cipher()
+    return TlsStarted(
+        Direction.S2C,
+        intercepted=True,
+        version=stream.version(),
+        cipher=cipher[0] if cipher else None,
+        server_subject=name("subject"),
+        server_issuer=name("issuer"),
+        server_fingerprint=":".join(fingerprint[i : i + 2] for i in range(0, 64, 2)),
+        verified=verified,
+    )
 
 
 class _PeerGone(Exception):
@@ -183,15 +254,11 @@ class Relay:
                 session = Session(
                     max_stanza_size=self.config.max_stanza_size,
                     show_secrets=self.config.show_secrets,
+                    intercept_tls=self.config.tls is not None,
                 )
                 try:
-                    async with upstream, trio.open_nursery() as nursery:
-                        nursery.start_soon(
-                            self._pump, client, upstream, Direction.C2S, session, stats
-                        )
-                        nursery.start_soon(
-                            self._pump, upstream, client, Direction.S2C, session, stats
-                        )
+                    async with upstream:
+                        await self._relay(client, upstream, session, stats)
                     stats.reason = "closed by both sides"
                 except* _PeerGone as group:
                     stats.reason = str(group.exceptions[0])
@@ -203,6 +270,76 @@ class Relay:
                 stats.jid = session.jid
             self._emit(stats.conn, [*leftovers, stats.summary()])
 
+    async def _relay(
+        self,
+        client: trio.abc.Stream,
+        upstream: trio.abc.Stream,
+        session: Session,
+        stats: ConnectionStats,
+    ) -> None:
+        """Pump both ways; at an intercepted STARTTLS, do both handshakes and pump on in TLS."""
+        secured: list[trio.SSLStream[trio.abc.Stream]] = []
+        try:
+            while True:
+                hello = _Held()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        self._pump, client, upstream, Direction.C2S, session, stats, hello
+                    )
+                    nursery.start_soon(
+                        self._pump, upstream, client, Direction.S2C, session, stats, hello
+                    )
+                if not (session.tls_pending and hello.data):
+                    return
+                client, upstream = await self._intercept(
+                    client, upstream, hello.data, session, stats
+                )
+                secured += [client, upstream]  # type: ignore[list-item]
+        finally:
+            for stream in secured:  # a close_notify each, if the peer still listens
+                with (
+                    trio.move_on_after(1) as scope,
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    scope.shield = True
+                    await stream.aclose()
+
+    async def _intercept(
+        self,
+        client: trio.abc.Stream,
+        upstream: trio.abc.Stream,
+        client_hello: bytes,
+        session: Session,
+        stats: ConnectionStats,
+    ) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        """TLS with the server as its client, then with the client as the server it asked for."""
+        tls = self.config.tls
+        assert tls is not None
+        domain = session.domain or self.config.upstream.rsplit(":", 1)[0]
+        server_side = trio.SSLStream(
+            upstream, tls.upstream_context, server_hostname=domain, https_compatible=True
+        )
+        try:
+            await server_side.do_handshake()
+        except trio.BrokenResourceError as exc:
+            raise _PeerGone(f"TLS with the server failed: {_why(exc)}") from exc
+        client_side = trio.SSLStream(
+            _Replayed(client, client_hello),
+            tls.server_context(domain),
+            server_side=True,
+            https_compatible=True,
+        )
+        try:
+            await client_side.do_handshake()
+        except trio.BrokenResourceError as exc:
+            raise _PeerGone(
+                f"the client refused xmppspy's certificate for {domain} ({_why(exc)}): "
+                "make it trust xmppspy's CA (xmppspy ca)"
+            ) from exc
+        started = tls_facts(server_side, tls.upstream_context.verify_mode != ssl.CERT_NONE)
+        self._emit(stats.conn, session.tls_established(started))
+        return client_side, server_side
+
     async def _pump(
         self,
         source: trio.abc.Stream,
@@ -210,6 +347,7 @@ class Relay:
         direction: Direction,
         session: Session,
         stats: ConnectionStats,
+        hello: _Held,
     ) -> None:
         reader, writer = _names(direction)
         while True:
@@ -221,11 +359,16 @@ class Relay:
                 if leftovers := session.close(direction):
                     self._emit(stats.conn, leftovers)
                 break
+            if session.tls_pending and direction is Direction.C2S:
+                hello.data = bytes(data)  # the client's TLS hello: for us, not the server
+                return
             self._observe(session, direction, bytes(data), stats)
             try:
                 await dest.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _PeerGone(f"{writer} went away: {_why(exc)}") from exc
+            if session.tls_pending and direction is Direction.S2C:
+                return  # <proceed/> is on its way; the server's next bytes are TLS
         if isinstance(dest, trio.abc.HalfCloseableStream):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await dest.send_eof()
@@ -292,6 +435,10 @@ def _why(exc: BaseException) -> str:
     """The reason in a person's words: the OS's message, not trio's wrapping of it."""
     if isinstance(exc, trio.TooSlowError):
         return f"no answer within {CONNECT_TIMEOUT:g} s"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+        return str(exc.reason or exc).replace("_", " ").lower()
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host ({exc.strerror})"
     if isinstance(exc, OSError) and exc.errno:

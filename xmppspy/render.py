@@ -168,9 +168,17 @@ class View:
                 body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "dim")
                 return Group(head, Padding(body, (0, 0, 0, 4)))
             case TlsStarted():
-                return Rule(
-                    head + Text("TLS started: encrypted from here", "bold yellow"), align="left"
+                if not event.intercepted:
+                    return Rule(
+                        head + Text("TLS started: encrypted from here", "bold yellow"),
+                        align="left",
+                    )
+                trust = {True: "verified", False: "NOT VERIFIED", None: "unknown"}[event.verified]
+                facts = (
+                    f"TLS intercepted: {event.version} {event.cipher}; server certificate "
+                    f"{event.server_subject} issued by {event.server_issuer}, {trust}"
                 )
+                return Rule(head + Text(facts, "bold yellow"), align="left")
             case Bound():
                 return head + Text(f"bound as {event.jid}", "bold green")
             case Connected():

@@ -23,6 +23,7 @@ from xmppspy.events import (
     OpaqueReason,
     ParseError,
     Stanza,
+    StreamOpened,
     TlsStarted,
     WireEvent,
 )
@@ -38,9 +39,18 @@ class Session:
     """Feed each direction's bytes; get the events of both, in the order they happened."""
 
     def __init__(
-        self, *, max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE, show_secrets: bool = False
+        self,
+        *,
+        max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE,
+        show_secrets: bool = False,
+        intercept_tls: bool = False,
     ) -> None:
         self.show_secrets = show_secrets
+        self.intercept_tls = intercept_tls
+        self.tls_pending = False
+        """The server said <proceed/> and the TLS handshakes are to be done (intercept only)."""
+        self.domain: str | None = None
+        """The server's domain, from the client's stream header: the name TLS is for."""
         self.parsers = {
             Direction.C2S: StreamParser(Direction.C2S, max_stanza_size=max_stanza_size),
             Direction.S2C: StreamParser(
@@ -62,6 +72,8 @@ class Session:
         out: list[Event] = []
         while pending:
             event = pending.popleft()
+            if isinstance(event, StreamOpened) and event.dir is Direction.C2S and event.to:
+                self.domain = event.to
             if isinstance(event, Stanza):
                 if event.kind is Kind.SASL_AUTH:
                     self._sasl_mechanism = mechanism(event)
@@ -70,6 +82,12 @@ class Session:
             else:
                 out.append(self._scrub(event))
         return out
+
+    def tls_established(self, started: TlsStarted) -> list[Event]:
+        """Both TLS handshakes are done: both streams restart, now seen in clear."""
+        self.tls_pending = False
+        restarted = self.parsers[Direction.S2C].restart() + self.parsers[Direction.C2S].restart()
+        return [started, *restarted]
 
     def close(self, direction: Direction) -> list[Event]:
         """That direction ended: report what it left unfinished (see ``StreamParser.close``)."""
@@ -93,6 +111,9 @@ class Session:
         kind, direction = stanza.kind, stanza.dir
         if direction is Direction.S2C and kind is Kind.PROCEED:
             self.tls = True
+            if self.intercept_tls:
+                self.tls_pending = True  # both parsers wait: the relay does the handshakes
+                return []
             out.append(TlsStarted(direction))
             return self.parsers[Direction.S2C].go_opaque(OpaqueReason.TLS) + self.parsers[
                 Direction.C2S

@@ -1,0 +1,178 @@
+"""STARTTLS interception over trio's memory streams, with real TLS on both sides."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+
+import trio
+import trio.testing
+import trustme
+
+from xmppspy.events import Direction, Opaque, ParseError, Stanza, StreamOpened, TlsStarted
+from xmppspy.relay import Relay, RelayConfig, TlsSetup
+
+HEADER_C = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
+)
+HEADER_S = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
+)
+FEATURES = b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+SECRET = b"<message to='bob@example.test' type='chat'><body>seen only inside TLS</body></message>"
+REPLY = b"<message from='bob@example.test' type='chat'><body>and back</body></message>"
+
+
+class Records:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def accept(self, records: list) -> None:
+        self.records.extend(records)
+
+    def events(self, kind: type) -> list:
+        return [r.event for r in self.records if isinstance(r.event, kind)]
+
+
+async def receive_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
+    data = b""
+    with trio.fail_after(5):
+        while marker not in data:
+            chunk = await stream.receive_some()
+            assert chunk, f"EOF before {marker!r}; got {data!r}"
+            data += chunk
+    return data
+
+
+def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+    """The real server's CA and xmppspy's CA: server and client contexts for each."""
+    server_ca, proxy_ca = trustme.CA(), trustme.CA()
+    real_server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ca.issue_cert("example.test").configure_cert(real_server)
+    proxy_trusts_server = ssl.create_default_context()
+    server_ca.configure_trust(proxy_trusts_server)
+    proxy_as_server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    proxy_ca.issue_cert("example.test").configure_cert(proxy_as_server)
+    client_trusts_proxy = ssl.create_default_context()
+    proxy_ca.configure_trust(client_trusts_proxy)
+    return real_server, proxy_trusts_server, proxy_as_server, client_trusts_proxy
+
+
+async def test_intercepted_starttls_shows_the_stanzas_inside_and_relays_them() -> None:
+    real_server, proxy_trusts_server, proxy_as_server, client_trusts_proxy = contexts()
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+
+    async def open_upstream() -> trio.abc.Stream:
+        return relay_server
+
+    domains: list[str] = []
+
+    def server_context(domain: str) -> ssl.SSLContext:
+        domains.append(domain)
+        return proxy_as_server
+
+    relay = Relay(
+        RelayConfig("example.test:5222", tls=TlsSetup(server_context, proxy_trusts_server)),
+        open_upstream,
+        sink,
+    )
+
+    async def play_server() -> None:
+        await receive_until(server, b"version='1.0'>")
+        await server.send_all(HEADER_S + FEATURES)
+        await receive_until(server, STARTTLS)
+        await server.send_all(PROCEED)
+        tls = trio.SSLStream(server, real_server, server_side=True, https_compatible=True)
+        await tls.do_handshake()
+        await receive_until(tls, SECRET)
+        await tls.send_all(HEADER_S + REPLY)
+        await receive_until(tls, b"</stream:stream>")
+        await tls.send_all(b"</stream:stream>")
+        await tls.aclose()
+
+    received = b""
+
+    async def play_client() -> None:
+        nonlocal received
+        await client.send_all(HEADER_C)
+        await receive_until(client, FEATURES)
+        await client.send_all(STARTTLS)
+        await receive_until(client, PROCEED)
+        tls = trio.SSLStream(
+            client, client_trusts_proxy, server_hostname="example.test", https_compatible=True
+        )
+        await tls.do_handshake()  # verifies xmppspy's certificate for example.test
+        await tls.send_all(HEADER_C + SECRET)
+        received = await receive_until(tls, REPLY)
+        await tls.send_all(b"</stream:stream>")
+        await receive_until(tls, b"</stream:stream>")
+        await tls.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(play_server)
+            await play_client()
+
+    assert received == HEADER_S + REPLY  # what the server sent inside TLS reached the client
+    assert domains == ["example.test"]
+    (started,) = sink.events(TlsStarted)
+    assert started.intercepted and started.verified is True
+    assert started.version and started.version.startswith("TLSv1.")
+    assert started.server_fingerprint and len(started.server_fingerprint) == 95
+    assert sink.events(Opaque) == [] and sink.events(ParseError) == []
+    # both streams restart inside TLS and their stanzas are seen in clear, exactly
+    restarts = [e for e in sink.events(StreamOpened) if e.restart]
+    assert {e.dir for e in restarts} == {Direction.C2S, Direction.S2C}
+    raws = [(s.dir, s.raw) for s in sink.events(Stanza)]
+    assert (Direction.C2S, SECRET) in raws and (Direction.S2C, REPLY) in raws
+    order = [type(r.event).__name__ for r in sink.records]
+    assert order.index("TlsStarted") < order.index("StreamOpened", order.index("TlsStarted"))
+
+
+async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason() -> None:
+    real_server, _, proxy_as_server, _ = contexts()
+    proxy_trusts_nobody = ssl.create_default_context()  # the server's CA is not in it
+    proxy_trusts_nobody.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+
+    async def open_upstream() -> trio.abc.Stream:
+        return relay_server
+
+    relay = Relay(
+        RelayConfig(
+            "example.test:5222", tls=TlsSetup(lambda _: proxy_as_server, proxy_trusts_nobody)
+        ),
+        open_upstream,
+        sink,
+    )
+
+    async def play_server() -> None:
+        await receive_until(server, b"version='1.0'>")
+        await server.send_all(HEADER_S + FEATURES)
+        await receive_until(server, STARTTLS)
+        await server.send_all(PROCEED)
+        tls = trio.SSLStream(server, real_server, server_side=True, https_compatible=True)
+        with contextlib.suppress(trio.BrokenResourceError):  # the proxy hangs up on us
+            await tls.do_handshake()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(play_server)
+            await client.send_all(HEADER_C)
+            await receive_until(client, FEATURES)
+            await client.send_all(STARTTLS)
+            await receive_until(client, PROCEED)
+            await client.send_all(b"\x16\x03\x01\x00\x05hello")  # the start of a TLS hello
+    (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
+    assert done.reason.startswith("TLS with the server failed: ")
+    assert "certificate verify failed: unable to get local issuer certificate" in done.reason
