@@ -29,10 +29,12 @@ ALLOWED: dict[str, set[str]] = {
     "mock": {"events", "namespaces", "parser", "redact", "lxml"},
     "serve": {"capture", "events", "mock", "relay", "render", "selection", "trio", "rich"},
     "client": {"events", "namespaces", "parser", "trio", "lxml"},
+    "certs": {"cryptography"},
     "replay": {"events", "parser", "lxml"},
     "cli": {
         "__init__",
         "capture",
+        "certs",
         "client",
         "events",
         "filters",
@@ -52,7 +54,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "__init__": set(),
 }
-THIRD_PARTY = {"trio", "rich", "typer", "lxml", "orjson"}
+THIRD_PARTY = {"trio", "rich", "typer", "lxml", "orjson", "cryptography"}
 
 
 def imports(path: Path) -> set[str]:
