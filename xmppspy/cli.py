@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,12 @@ from xmppspy.capture import (
     encode_record,
     open_capture,
 )
+from xmppspy.certs import (
+    CertificateAuthority,
+    CertificateError,
+    default_home,
+    load_user_certificate,
+)
 from xmppspy.events import Bound, Connected, Disconnected, Record, StreamOpened
 from xmppspy.filters import ATOMS, Filter, FilterError, make_filter
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
@@ -40,6 +48,7 @@ from xmppspy.relay import (
     Relay,
     RelayConfig,
     Sink,
+    TlsSetup,
     tcp_upstream,
 )
 from xmppspy.render import View, summary
@@ -211,6 +220,67 @@ def _pacer(err: Console, pace: str) -> Pacer | None:
     return Pacer(speed)
 
 
+class TlsMode(enum.StrEnum):
+    INTERCEPT = "intercept"
+    PASSTHROUGH = "passthrough"
+
+
+def _tls_setup(
+    err: Console,
+    mode: TlsMode,
+    upstream_ca: Path | None,
+    upstream_insecure: bool,
+    cert: Path | None,
+    key: Path | None,
+) -> TlsSetup | None:
+    """The TLS side of --tls intercept: our certificate per domain, and whom we trust upstream."""
+    if mode is TlsMode.PASSTHROUGH:
+        if upstream_ca or upstream_insecure or cert or key:
+            _fail(
+                err, "--upstream-ca, --upstream-insecure, --cert and --key need --tls intercept", 2
+            )
+        return None
+    if upstream_ca and upstream_insecure:
+        _fail(err, "--upstream-ca and --upstream-insecure contradict each other", 2)
+    if key and not cert:
+        _fail(err, "--key goes with --cert", 2)
+    upstream = ssl.create_default_context()
+    if upstream_ca is not None:
+        try:
+            upstream.load_verify_locations(cafile=str(upstream_ca))
+        except ssl.SSLError as exc:
+            _fail(err, f"--upstream-ca {upstream_ca}: not a PEM certificate ({exc.reason})")
+    if upstream_insecure:
+        upstream.check_hostname = False
+        upstream.verify_mode = ssl.CERT_NONE
+        err.print(
+            "[bold yellow]xmppspy: --upstream-insecure: the server's certificate is not verified; "
+            "anyone between xmppspy and the server can read and change the session.[/]"
+        )
+    if cert is not None:
+        try:
+            own = load_user_certificate(cert, key)
+        except CertificateError as exc:
+            _fail(err, str(exc))
+        return TlsSetup(lambda _domain: own, upstream)
+    return TlsSetup(_LazyAuthority(err).server_context, upstream)
+
+
+class _LazyAuthority:
+    """xmppspy's CA, loaded (or created) at the first STARTTLS: plaintext sessions need none."""
+
+    def __init__(self, err: Console) -> None:
+        self.err = err
+        self.authority: CertificateAuthority | None = None
+
+    def server_context(self, domain: str) -> ssl.SSLContext:
+        if self.authority is None:
+            self.authority = CertificateAuthority.load_or_create(default_home())
+            for note in self.authority.notes:
+                self.err.print(f"[yellow]xmppspy: {escape(note)}[/]")
+        return self.authority.server_context(domain)
+
+
 def _recorded(predicate: Filter) -> Callable[[Record], bool]:
     """What ``--record-filtered`` keeps: matches, and the events that say who a connection is.
 
@@ -339,6 +409,57 @@ def proxy(
             "--show-secrets", help="Do not redact SASL credentials in the view and the capture."
         ),
     ] = False,
+    tls: Annotated[
+        TlsMode,
+        typer.Option(
+            "--tls",
+            help="What to do when a client starts TLS: intercept (terminate it with a certificate "
+            "from xmppspy's CA, see 'xmppspy ca', and show the session inside) or passthrough "
+            "(relay the encrypted bytes unseen).",
+            rich_help_panel="TLS",
+        ),
+    ] = TlsMode.INTERCEPT,
+    upstream_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--upstream-ca",
+            metavar="FILE",
+            help="Also trust this CA (PEM) for the server's certificate.",
+            rich_help_panel="TLS",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    upstream_insecure: Annotated[
+        bool,
+        typer.Option(
+            "--upstream-insecure",
+            help="Do not verify the server's certificate (every connection says so).",
+            rich_help_panel="TLS",
+        ),
+    ] = False,
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert",
+            metavar="FILE",
+            help="Present this certificate (PEM) to clients instead of one from xmppspy's CA.",
+            rich_help_panel="TLS",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            metavar="FILE",
+            help="The private key of --cert (if not in the same file).",
+            rich_help_panel="TLS",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     max_stanza_size: Annotated[
         int,
         typer.Option(
@@ -383,6 +504,7 @@ def proxy(
             "listen": str(listen_at),
             "upstream": str(upstream_at),
             "redacted": not show_secrets,
+            "tls": tls.value,
         }
         if record_filtered:
             meta["filtered"] = {"flags": filter_flags, "expression": filter_expression}
@@ -392,7 +514,8 @@ def proxy(
     recorder: Sink | None = writer
     if writer is not None and record_filtered:
         recorder = FilteredSink(writer, _recorded(_filter(err, filter_flags, filter_expression)))
-    config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets)
+    setup = _tls_setup(err, tls, upstream_ca, upstream_insecure, cert, key)
+    config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets, setup)
     try:
         relay = trio.run(
             _run_proxy,
@@ -1013,6 +1136,57 @@ def serve(
         err.print(played.summary(), highlight=False, markup=False)
     if strict and any(played.mock.departure for played in service.played):
         raise typer.Exit(1)
+
+
+@app.command()
+def ca(
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="Write the CA certificate (PEM, never the key) to FILE; - for stdout.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Show xmppspy's certificate authority and how to trust it, creating it on first use.
+
+    The CA lives in `$XMPPSPY_HOME`, else `$XDG_DATA_HOME/xmppspy`, else
+    `~/.local/share/xmppspy`.
+
+    Example: `xmppspy ca --export xmppspy-ca.pem`
+    """
+
+    _, err = _consoles()
+    try:
+        authority = CertificateAuthority.load_or_create(default_home())
+    except CertificateError as exc:
+        _fail(err, str(exc))
+    for note in authority.notes:
+        err.print(f"[yellow]xmppspy: {escape(note)}[/]")
+    if export is not None:
+        if str(export) == "-":
+            sys.stdout.buffer.write(authority.certificate_pem())
+            sys.stdout.buffer.flush()
+            return
+        try:
+            export.write_bytes(authority.certificate_pem())
+        except OSError as exc:
+            _fail(err, f"cannot write {export}: {exc.strerror or exc}")
+    cert = authority.cert_path
+    print(f"CA certificate: {cert}{'  (created now)' if authority.created else ''}")
+    print(f"Private key:    {authority.key_path}  (keep it secret)")
+    print(f"SHA-256:        {authority.fingerprint()}")
+    if export is not None:
+        print(f"Exported to:    {export}")
+    print()
+    print(
+        f"To debug a client through xmppspy, make it trust this CA: import {cert.name} into the "
+        "client's trust store, or the system's (only on a machine you debug from; anyone with "
+        "the key can impersonate any server to it). For Python or slixmpp, pass an "
+        f"ssl.SSLContext on which you called load_verify_locations({str(cert)!r})."
+    )
 
 
 @app.command()

@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import slixmpp
@@ -172,6 +174,7 @@ def run_chat_scenario(
     disconnect_timeout: float = 5.0,
     use_cdata: bool = False,
     script: Mapping[tuple[str, str], tuple[str, ...]] = SCRIPT,
+    tls_ca: Path | None = None,
 ) -> ScenarioResult:
     """Play the chat between alice and bob against ``host:port``; see the module docstring.
 
@@ -179,6 +182,7 @@ def run_chat_scenario(
     on ``domain``). ``timeout`` bounds everything up to the last message and the ping;
     ``disconnect_timeout`` bounds closing the streams. ``use_cdata`` makes slixmpp escape
     text with CDATA sections instead of entities. ``script`` replaces :data:`SCRIPT`.
+    ``tls_ca``: use STARTTLS, trusting only the CA in that PEM file (e.g. xmppspy's).
 
     Never raises for a failure of the scenario itself: the returned result lists what went
     wrong in ``errors`` (call :meth:`ScenarioResult.assert_ok`). Must not be called from a
@@ -194,7 +198,7 @@ def run_chat_scenario(
     try:
         asyncio.set_event_loop(loop)
         with _collect_slixmpp_errors(result):
-            scenario = _Scenario(loop, host, port, domain, users, use_cdata, result)
+            scenario = _Scenario(loop, host, port, domain, users, use_cdata, result, tls_ca)
             # Belt and braces: the scenario bounds each of its own steps.
             overall = timeout + disconnect_timeout + 5.0
             try:
@@ -227,8 +231,10 @@ class _Scenario:
         users: Mapping[str, str],
         use_cdata: bool,
         result: ScenarioResult,
+        tls_ca: Path | None = None,
     ) -> None:
         self.loop = loop
+        self.tls_ca = tls_ca
         self.host = host
         self.port = port
         self.domain = domain
@@ -261,8 +267,10 @@ class _Scenario:
         # socket without STARTTLS (if enable_plaintext). enable_starttls = False also makes
         # slixmpp ignore a <starttls/> stream feature.
         client.enable_direct_tls = False
-        client.enable_starttls = False
-        client.enable_plaintext = True
+        client.enable_starttls = self.tls_ca is not None
+        client.enable_plaintext = self.tls_ca is None
+        if self.tls_ca is not None:
+            client.ssl_context = ssl.create_default_context(cafile=str(self.tls_ca))
         client.use_ipv6 = False
         client.use_cdata = use_cdata
         # Nothing on the wire but the script: no whitespace keepalives.

@@ -1,0 +1,151 @@
+"""End to end through TLS: a Prosody that requires encryption, slixmpp clients, xmppspy between."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+from conftest import E2E_USERS
+from support.clients import ALICE_TO_BOB, run_chat_scenario
+from support.prosody import ProsodyServer
+from support.proxy import ProxyProcess
+
+from xmppspy.capture import open_capture
+from xmppspy.events import Direction, Kind, Opaque, OpaqueReason, Stanza, TlsStarted
+
+pytestmark = pytest.mark.e2e
+
+BODY = "{jabber:client}body"
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProsodyServer, Path]]:
+    """A Prosody with c2s_require_encryption, its certificate from a CA of the test's own."""
+    workdir = tmp_path_factory.mktemp("tls-prosody")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("example.test")
+    leaf.cert_chain_pems[0].write_to_path(workdir / "cert.pem")
+    leaf.private_key_pem.write_to_path(workdir / "key.pem")
+    ca.cert_pem.write_to_path(workdir / "server-ca.pem")
+    server = ProsodyServer(
+        workdir / "prosody",
+        users=E2E_USERS,
+        require_encryption=True,
+        certificate=workdir / "cert.pem",
+        key=workdir / "key.pem",
+    )
+    server.start()
+    try:
+        yield server, workdir / "server-ca.pem"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """xmppspy's own CA lives here for the test (the proxy and `xmppspy ca` inherit it)."""
+    monkeypatch.setenv("XMPPSPY_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def export_ca(home: Path, target: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "xmppspy", "ca", "--export", str(target)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return target
+
+
+async def chat(server: ProsodyServer, proxy: ProxyProcess, client_ca: Path, timeout: float = 20):
+    proxy.start()
+    try:
+        return await trio.to_thread.run_sync(
+            functools.partial(
+                run_chat_scenario,
+                "127.0.0.1",
+                proxy.port,
+                server.domain,
+                server.users,
+                tls_ca=client_ca,
+                timeout=timeout,
+            )
+        )
+    finally:
+        proxy.stop()
+        proxy.kill()
+
+
+async def test_intercepted_session_is_seen_in_clear_and_works(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    server, server_ca = tls_server
+    client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        ("--record", str(capture), "--upstream-ca", str(server_ca), "-q"),
+    )
+    result = await chat(server, proxy, client_ca)
+    result.assert_ok()  # the clients trusted xmppspy's certificate for example.test
+    with open_capture(capture) as reader:
+        records = list(reader)
+    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
+    assert len(started) == 2  # both connections
+    assert all(s.intercepted and s.verified for s in started)
+    assert all(s.server_issuer and "trustme" in s.server_issuer for s in started)
+    assert all(s.server_fingerprint and len(s.server_fingerprint) == 95 for s in started)
+    sent = [
+        r.event.element.findtext(BODY)
+        for r in records
+        if isinstance(r.event, Stanza)
+        and r.event.kind is Kind.MESSAGE
+        and r.event.dir is Direction.C2S
+        and r.event.element.find(BODY) is not None
+    ]
+    assert sorted(b for b in sent if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
+    assert not any(isinstance(r.event, Opaque) for r in records)
+    content = capture.read_bytes()
+    for password in server.users.values():
+        assert password.encode() not in content
+
+
+async def test_passthrough_relays_tls_unseen(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    server, server_ca = tls_server
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        ("--record", str(capture), "--tls", "passthrough", "-q"),
+    )
+    result = await chat(server, proxy, server_ca)  # the clients verify the real server
+    result.assert_ok()
+    with open_capture(capture) as reader:
+        records = list(reader)
+    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
+    assert started and not any(s.intercepted for s in started)
+    opaque = [r.event for r in records if isinstance(r.event, Opaque)]
+    assert opaque and all(o.reason is OpaqueReason.TLS for o in opaque)
+    assert not any(isinstance(r.event, Stanza) and r.event.kind is Kind.MESSAGE for r in records)
+
+
+async def test_an_untrusted_server_is_refused_with_a_reason(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    server, _ = tls_server
+    client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
+    proxy = ProxyProcess(tmp_path, f"{server.host}:{server.c2s_port}", ("-q",))
+    result = await chat(server, proxy, client_ca, timeout=3)
+    assert not result.ok
+    assert "TLS with the server failed: certificate verify failed" in proxy.stderr()
+    assert "Traceback" not in proxy.stderr()
