@@ -32,38 +32,96 @@ def mechanism(auth: Stanza) -> str | None:
     return value.strip().upper() if value else None
 
 
+_OPEN_MECHANISMS = ("ANONYMOUS", "EXTERNAL")
+"""Mechanisms whose initial response holds no secret (an authorization identity at most)."""
+_PASSWORD = re.compile(rb"(<(?:[\w.-]+:)?(?:password|digest)\b[^>]*(?<!/)>)(.*?)(</)", re.DOTALL)
+_CREDENTIAL_QUERIES = ("{jabber:iq:register}query", "{jabber:iq:auth}query")
+
+
 def redact(stanza: Stanza, sasl_mechanism: str | None) -> Stanza:
     """The stanza with any secret it carries replaced; the same object if it carries none.
 
-    ``sasl_mechanism`` is the mechanism of the authentication under way, if any: a PLAIN
-    password may come in the ``<auth/>`` itself or in a ``<response/>`` after an empty challenge.
+    ``sasl_mechanism`` is the mechanism of the authentication under way (from its ``<auth/>``).
+    What counts as secret, by element:
+
+    - ``<auth/>``: the initial response of every mechanism but SCRAM's (whose client-first
+      message holds only the user name and a nonce), ANONYMOUS and EXTERNAL: a PLAIN password,
+      an X-OAUTH2 or OAUTHBEARER token;
+    - ``<response/>``: always (PLAIN after an empty challenge, SCRAM's client proof, DIGEST-MD5's
+      response: each is enough to recover or replay the password);
+    - ``<success/>`` and ``<challenge/>``: SCRAM's server signature (``v=``), which also lets
+      one test password guesses offline;
+    - XEP-0077 registration and XEP-0078 legacy authentication: ``<password/>`` and
+      ``<digest/>`` text.
     """
-    if stanza.kind is Kind.SASL_AUTH and mechanism(stanza) == "PLAIN":
-        return _redact_plain(stanza)
-    if stanza.kind is Kind.SASL_RESPONSE and sasl_mechanism == "PLAIN":
-        return _redact_plain(stanza)
-    return stanza
+    match stanza.kind:
+        case Kind.SASL_AUTH:
+            chosen = mechanism(stanza) or ""
+            if chosen == "PLAIN":
+                return _redact_plain(stanza)
+            if chosen.startswith("SCRAM-") or chosen in _OPEN_MECHANISMS:
+                return stanza
+            return _redact_payload(stanza, f"{chosen or 'SASL'} credentials")
+        case Kind.SASL_RESPONSE:
+            if sasl_mechanism == "PLAIN":
+                return _redact_plain(stanza)
+            return _redact_payload(stanza, f"{sasl_mechanism or 'SASL'} response")
+        case Kind.SASL_SUCCESS | Kind.SASL_CHALLENGE:
+            if (sasl_mechanism or "").startswith("SCRAM-") and _decoded(stanza).startswith(b"v="):
+                return _redact_payload(stanza, "SCRAM server signature")
+            return stanza
+        case Kind.IQ if stanza.child in _CREDENTIAL_QUERIES:
+            raw = _PASSWORD.sub(
+                lambda m: m.group(1) + b"[redacted]" + m.group(3) if m.group(2) else m.group(0),
+                stanza.raw,
+            )
+            return (
+                dataclasses.replace(stanza, raw=raw, redacted=True) if raw != stanza.raw else stanza
+            )
+        case _:
+            return stanza
+
+
+def _payload_bounds(stanza: Stanza) -> tuple[int, int] | None:
+    """Where the text of a SASL element is, if it has any."""
+    start = START_TAG.match(stanza.raw)
+    close = stanza.raw.rfind(b"</")
+    if start is None or start.group(1) or close < start.end():
+        return None
+    if stanza.raw[start.end() : close].strip() in (b"", b"="):
+        return None
+    return start.end(), close
+
+
+def _decoded(stanza: Stanza) -> bytes:
+    bounds = _payload_bounds(stanza)
+    if bounds is None:
+        return b""
+    try:
+        return base64.b64decode(stanza.raw[bounds[0] : bounds[1]].strip(), validate=True)
+    except binascii.Error:
+        return b""
+
+
+def _redact_payload(stanza: Stanza, what: str) -> Stanza:
+    bounds = _payload_bounds(stanza)
+    if bounds is None:
+        return stanza
+    label = escape(f"[redacted: {what}]").encode()
+    raw = stanza.raw[: bounds[0]] + label + stanza.raw[bounds[1] :]
+    return dataclasses.replace(stanza, raw=raw, redacted=True)
 
 
 def _redact_plain(stanza: Stanza) -> Stanza:
     """SASL PLAIN's message is ``authzid NUL authcid NUL password``, in base64."""
-    start = START_TAG.match(stanza.raw)
-    close = stanza.raw.rfind(b"</")
-    if start is None or start.group(1) or close < start.end():
-        return stanza
-    payload = stanza.raw[start.end() : close].strip()
-    if payload in (b"", b"="):
-        return stanza
+    fields = _decoded(stanza).split(b"\0")
     try:
-        fields = base64.b64decode(payload, validate=True).split(b"\0")
         user = fields[1].decode() if len(fields) == 3 else None
-    except (binascii.Error, UnicodeDecodeError):
+    except UnicodeDecodeError:
         user = None
-    label = (
-        f"[redacted: PLAIN credentials of {user!r}]" if user else "[redacted: PLAIN credentials]"
+    return _redact_payload(
+        stanza, f"PLAIN credentials of {user!r}" if user else "PLAIN credentials"
     )
-    raw = stanza.raw[: start.end()] + escape(label).encode() + stanza.raw[close:]
-    return dataclasses.replace(stanza, raw=raw, redacted=True)
 
 
 class UnparsedScrubber:
