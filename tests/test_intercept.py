@@ -137,7 +137,7 @@ async def test_intercepted_starttls_shows_the_stanzas_inside_and_relays_them() -
 
 
 async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason() -> None:
-    real_server, _, proxy_as_server, _ = contexts()
+    real_server, _, proxy_as_server, client_trusts_proxy = contexts()
     proxy_trusts_nobody = ssl.create_default_context()  # the server's CA is not in it
     proxy_trusts_nobody.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
     client, relay_client = trio.testing.memory_stream_pair()
@@ -164,6 +164,7 @@ async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason
         with contextlib.suppress(trio.BrokenResourceError):  # the proxy hangs up on us
             await tls.do_handshake()
 
+    told = b""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay.handle, relay_client, "test-client")
@@ -172,7 +173,14 @@ async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason
             await receive_until(client, FEATURES)
             await client.send_all(STARTTLS)
             await receive_until(client, PROCEED)
-            await client.send_all(b"\x16\x03\x01\x00\x05hello")  # the start of a TLS hello
+            tls = trio.SSLStream(
+                client, client_trusts_proxy, server_hostname="example.test", https_compatible=True
+            )
+            await tls.do_handshake()
+            told = await receive_until(tls, b"</stream:stream>")
+    # the client hears why, in XMPP, inside the TLS it asked for
+    assert b"<remote-connection-failed" in told
+    assert b"certificate verify failed" in told
     (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
     assert done.reason.startswith("TLS with the server failed: ")
     assert "certificate verify failed: unable to get local issuer certificate" in done.reason

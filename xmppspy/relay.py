@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
+from xml.sax.saxutils import escape
 
 import trio
 
@@ -319,16 +320,18 @@ class Relay:
         server_side = trio.SSLStream(
             upstream, tls.upstream_context, server_hostname=domain, https_compatible=True
         )
-        try:
-            await server_side.do_handshake()
-        except trio.BrokenResourceError as exc:
-            raise _PeerGone(f"TLS with the server failed: {_why(exc)}") from exc
         client_side = trio.SSLStream(
             _Replayed(client, client_hello),
             tls.server_context(domain),
             server_side=True,
             https_compatible=True,
         )
+        try:
+            await server_side.do_handshake()
+        except trio.BrokenResourceError as exc:
+            reason = f"TLS with the server failed: {_why(exc)}"
+            await _refuse_in_tls(client_side, reason)
+            raise _PeerGone(reason) from exc
         try:
             await client_side.do_handshake()
         except trio.BrokenResourceError as exc:
@@ -449,6 +452,25 @@ def _why(exc: BaseException) -> str:
     if cause is not None:
         return _why(cause)
     return str(exc) or type(exc).__name__
+
+
+async def _refuse_in_tls(client: trio.SSLStream[_Replayed], reason: str) -> None:
+    """The server cannot be trusted: tell the client so in XMPP, inside the TLS it asked for."""
+    error = (
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+        b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        b"<stream:error><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>"
+        + escape(f"xmppspy: {reason}").encode()
+        + b"</text></stream:error></stream:stream>"
+    )
+    with (
+        trio.move_on_after(REFUSE_TIMEOUT),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await client.do_handshake()
+        await client.send_all(error)
+        await client.aclose()
 
 
 async def _refuse(client: trio.abc.Stream) -> None:
