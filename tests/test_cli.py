@@ -205,3 +205,31 @@ def test_no_command_declares_an_option_twice() -> None:
                     f"{name}: {option} is both {seen[option]} and {param.name}"
                 )
                 seen[option] = param.name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen-tls", "127.0.0.1:15223"], "--listen-tls and --upstream-tls go together"),
+        (["--upstream-tls", "127.0.0.1:5223"], "--listen-tls and --upstream-tls go together"),
+        (
+            [
+                "--listen-tls",
+                "127.0.0.1:15223",
+                "--upstream-tls",
+                "127.0.0.1:5223",
+                "--tls",
+                "passthrough",
+            ],
+            "--listen-tls terminates TLS: it needs --tls intercept",
+        ),
+        (["--tls", "passthrough", "--upstream-insecure"], "need --tls intercept"),
+        (["--upstream-insecure", "--upstream-ca", "pyproject.toml"], "contradict each other"),
+        (["--key", "pyproject.toml"], "--key goes with --cert"),
+    ],
+)
+def test_tls_flag_mistakes_are_one_line(args: list[str], message: str) -> None:
+    code, out, err = run("proxy", "--upstream", "127.0.0.1:5222", *args)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in out + err

@@ -13,7 +13,7 @@ import trio
 import trustme
 from conftest import E2E_USERS
 from support.clients import ALICE_TO_BOB, run_chat_scenario
-from support.prosody import ProsodyServer
+from support.prosody import ProsodyServer, free_loopback_ports
 from support.proxy import ProxyProcess
 
 from xmppspy.capture import open_capture
@@ -149,3 +149,48 @@ async def test_an_untrusted_server_is_refused_with_a_reason(
     assert not result.ok
     assert "TLS with the server failed: certificate verify failed" in proxy.stderr()
     assert "Traceback" not in proxy.stderr()
+
+
+async def test_direct_tls_on_both_sides(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """XEP-0368: clients speak TLS from the first byte to --listen-tls; so does xmppspy upstream."""
+    server, server_ca = tls_server
+    client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
+    (tls_port,) = free_loopback_ports(1)
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        (
+            *("--listen-tls", f"127.0.0.1:{tls_port}"),
+            *("--upstream-tls", f"{server.host}:{server.c2s_direct_tls_port}"),
+            *("--upstream-tls-name", server.domain, "--upstream-ca", str(server_ca)),
+            *("--record", str(capture), "-q"),
+        ),
+    )
+    proxy.start()
+    try:
+        result = await trio.to_thread.run_sync(
+            functools.partial(
+                run_chat_scenario,
+                "127.0.0.1",
+                tls_port,
+                server.domain,
+                server.users,
+                tls_ca=client_ca,
+                direct_tls=True,
+            )
+        )
+        result.assert_ok()
+    finally:
+        proxy.stop()
+        proxy.kill()
+    with open_capture(capture) as reader:
+        records = list(reader)
+    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
+    assert len(started) == 2 and all(s.intercepted and s.verified for s in started)
+    # from the first stream header on, everything was seen in clear
+    assert not any(isinstance(r.event, Opaque) for r in records)
+    assert any(isinstance(r.event, Stanza) and r.event.kind is Kind.MESSAGE for r in records)
+    assert "direct TLS on 127.0.0.1:" in proxy.stderr()

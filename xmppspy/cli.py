@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import inspect
 import ipaddress
+import itertools
 import os
 import signal
 import socket
@@ -50,6 +52,7 @@ from xmppspy.relay import (
     Sink,
     TlsSetup,
     tcp_upstream,
+    tls_upstream,
 )
 from xmppspy.render import View, summary
 from xmppspy.selection import Selector, Shown
@@ -262,8 +265,60 @@ def _tls_setup(
             own = load_user_certificate(cert, key)
         except CertificateError as exc:
             _fail(err, str(exc))
-        return TlsSetup(lambda _domain: own, upstream)
-    return TlsSetup(_LazyAuthority(err).server_context, upstream)
+        return TlsSetup(lambda _domain: own, upstream, lambda _domain: own)
+    authority = _LazyAuthority(err)
+    return TlsSetup(authority.server_context, upstream, authority.sni_context)
+
+
+@dataclass(frozen=True)
+class DirectTls:
+    """--listen-tls and --upstream-tls: direct TLS (XEP-0368) on both sides."""
+
+    listen: Address
+    upstream: Address
+    name: str
+    """The XMPP domain the upstream's certificate must be for."""
+    context: ssl.SSLContext
+    """What direct-TLS clients are shown: our certificate for the name they ask for."""
+    upstream_context: ssl.SSLContext
+    config: RelayConfig
+
+
+def _direct_tls(
+    err: Console,
+    listen_tls: str | None,
+    upstream_tls: str | None,
+    name: str | None,
+    setup: TlsSetup | None,
+    config: RelayConfig,
+) -> DirectTls | None:
+    if listen_tls is None and upstream_tls is None:
+        return None
+    if listen_tls is None or upstream_tls is None:
+        _fail(err, "--listen-tls and --upstream-tls go together", 2)
+    if setup is None or setup.direct_context is None:
+        _fail(err, "--listen-tls terminates TLS: it needs --tls intercept", 2)
+    listen = parse_address(listen_tls)
+    upstream = parse_address(upstream_tls)
+    name = name or upstream.host
+    if not _is_loopback(listen.host):
+        err.print(
+            f"[bold yellow]xmppspy: listening on {listen}, not a loopback address: anyone who "
+            "can reach it can use this proxy and read what crosses it.[/]"
+        )
+    try:
+        context = setup.direct_context(name)
+    except CertificateError as exc:
+        _fail(err, str(exc))
+    context.set_alpn_protocols(["xmpp-client"])
+    return DirectTls(
+        listen,
+        upstream,
+        name,
+        context,
+        setup.upstream_context,
+        dataclasses.replace(config, upstream=str(upstream)),
+    )
 
 
 class _LazyAuthority:
@@ -273,12 +328,18 @@ class _LazyAuthority:
         self.err = err
         self.authority: CertificateAuthority | None = None
 
-    def server_context(self, domain: str) -> ssl.SSLContext:
+    def _load(self) -> CertificateAuthority:
         if self.authority is None:
             self.authority = CertificateAuthority.load_or_create(default_home())
             for note in self.authority.notes:
                 self.err.print(f"[yellow]xmppspy: {escape(note)}[/]")
-        return self.authority.server_context(domain)
+        return self.authority
+
+    def server_context(self, domain: str) -> ssl.SSLContext:
+        return self._load().server_context(domain)
+
+    def sni_context(self, default_domain: str) -> ssl.SSLContext:
+        return self._load().sni_context(default_domain)
 
 
 def _recorded(predicate: Filter) -> Callable[[Record], bool]:
@@ -419,6 +480,36 @@ def proxy(
             rich_help_panel="TLS",
         ),
     ] = TlsMode.INTERCEPT,
+    listen_tls: Annotated[
+        str | None,
+        typer.Option(
+            "--listen-tls",
+            metavar="HOST:PORT",
+            help="Also accept direct-TLS clients (XEP-0368) here, relayed to --upstream-tls.",
+            rich_help_panel="TLS",
+            show_default=False,
+        ),
+    ] = None,
+    upstream_tls: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream-tls",
+            metavar="HOST:PORT",
+            help="The server's direct-TLS address (often port 5223), for --listen-tls clients.",
+            rich_help_panel="TLS",
+            show_default=False,
+        ),
+    ] = None,
+    upstream_tls_name: Annotated[
+        str | None,
+        typer.Option(
+            "--upstream-tls-name",
+            metavar="DOMAIN",
+            help="The XMPP domain the --upstream-tls certificate must be for (default: its host).",
+            rich_help_panel="TLS",
+            show_default=False,
+        ),
+    ] = None,
     upstream_ca: Annotated[
         Path | None,
         typer.Option(
@@ -516,8 +607,9 @@ def proxy(
         recorder = FilteredSink(writer, _recorded(_filter(err, filter_flags, filter_expression)))
     setup = _tls_setup(err, tls, upstream_ca, upstream_insecure, cert, key)
     config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets, setup)
+    direct = _direct_tls(err, listen_tls, upstream_tls, upstream_tls_name, setup, config)
     try:
-        relay = trio.run(
+        relays = trio.run(
             _run_proxy,
             config,
             listen_at,
@@ -526,6 +618,7 @@ def proxy(
             view,
             recorder,
             err,
+            direct,
         )
     except UpstreamUnknown as exc:
         _fail(err, str(exc))
@@ -541,7 +634,9 @@ def proxy(
             view.unanswered(selector.unanswered())
         except ViewGone:
             _silence_stdout()
-    for stats in relay.connections:
+    for stats in sorted(
+        (s for relay in relays for s in relay.connections), key=lambda s: int(s.conn[1:])
+    ):
         err.print(f"{stats.conn} {summary(stats.summary())}", highlight=False)
     if writer is not None:
         err.print(f"recorded {writer.written} events to {record}", highlight=False)
@@ -555,7 +650,8 @@ async def _run_proxy(
     view: View | JsonView | None,
     recorder: Sink | None,
     err: Console,
-) -> Relay:
+    direct: DirectTls | None = None,
+) -> list[Relay]:
     # Installed for the whole run: a second Ctrl-C during shutdown must not become a traceback.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
@@ -568,20 +664,32 @@ async def _run_proxy(
         channel_sink = ChannelSink(send, selector) if selector is not None else None
         if channel_sink is not None:
             sinks.append(channel_sink)
-        relay = Relay(config, tcp_upstream(upstream_at.host, upstream_at.port), FanOut(sinks))
+        ids = itertools.count(1)
+        relays = [
+            Relay(config, tcp_upstream(upstream_at.host, upstream_at.port), FanOut(sinks), ids=ids)
+        ]
+        tls_listeners = []
+        if direct is not None:
+            tls_listeners = await trio.open_ssl_over_tcp_listeners(
+                direct.listen.port, direct.context, host=direct.listen.host, https_compatible=True
+            )
+            opener = tls_upstream(
+                direct.upstream.host, direct.upstream.port, direct.upstream_context, direct.name
+            )
+            relays.append(Relay(direct.config, opener, FanOut(sinks), ids=ids))
         async with trio.open_nursery() as outer:
             if view is not None and channel_sink is not None:
                 outer.start_soon(_show, receive, view, channel_sink, err)
             async with trio.open_nursery() as inner:
-                await inner.start(relay.serve, listeners)
-                err.print(
-                    f"xmppspy {__version__}: listening on {listen_at}, relaying to {upstream_at}; "
-                    "Ctrl-C stops",
-                    highlight=False,
-                )
+                await inner.start(relays[0].serve, listeners)
+                where = f"listening on {listen_at}, relaying to {upstream_at}"
+                if direct is not None:
+                    await inner.start(relays[1].serve, tls_listeners)
+                    where += f"; direct TLS on {direct.listen}, relaying to {direct.upstream}"
+                err.print(f"xmppspy {__version__}: {where}; Ctrl-C stops", highlight=False)
                 inner.start_soon(_stop_on_signal, signals, inner.cancel_scope)
             send.close()
-    return relay
+    return relays
 
 
 async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:

@@ -16,9 +16,9 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from xml.sax.saxutils import escape
 
 import trio
@@ -186,6 +186,8 @@ class TlsSetup:
     server_context: Callable[[str], ssl.SSLContext]
     """The client-facing context for a domain (xmppspy's leaf for it, or the person's own)."""
     upstream_context: ssl.SSLContext
+    direct_context: Callable[[str], ssl.SSLContext] | None = None
+    """For direct-TLS clients: picks the certificate by SNI, ``domain`` when there is none."""
 
 
 def tls_facts(stream: trio.SSLStream[trio.abc.Stream], verified: bool) -> TlsStarted:
@@ -220,16 +222,24 @@ class _PeerGone(Exception):
 class Relay:
     """Proxies client connections to one upstream. ``connections`` keeps every one's stats."""
 
-    def __init__(self, config: RelayConfig, open_upstream: OpenUpstream, sink: Sink) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        open_upstream: OpenUpstream,
+        sink: Sink,
+        *,
+        ids: Iterator[int] | None = None,
+    ) -> None:
         self.config = config
         self.open_upstream = open_upstream
         self.sink = sink
         self.connections: list[ConnectionStats] = []
-        self._ids = itertools.count(1)
+        self._ids = ids if ids is not None else itertools.count(1)
+        """Connection numbers; relays of one proxy share them so that ids stay unique."""
 
     async def serve(
         self,
-        listeners: Sequence[trio.SocketListener],
+        listeners: Sequence[Listener],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -252,6 +262,9 @@ class Relay:
                     await _refuse(client)
                     return
                 self._emit(stats.conn, [Connected(client_name, self.config.upstream)])
+                if isinstance(upstream, trio.SSLStream):  # direct TLS (XEP-0368) on both sides
+                    verified = upstream.context.verify_mode != ssl.CERT_NONE
+                    self._emit(stats.conn, [tls_facts(upstream, verified)])
                 session = Session(
                     max_stanza_size=self.config.max_stanza_size,
                     show_secrets=self.config.show_secrets,
@@ -395,9 +408,17 @@ class Relay:
         self.sink.accept([Record(now, conn, event) for event in events])
 
 
+Listener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
+Accepted = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+
+def _socket_of(stream: Accepted) -> trio.socket.SocketType:
+    return stream.transport_stream.socket if isinstance(stream, trio.SSLStream) else stream.socket
+
+
 async def accept_clients(
-    listeners: Sequence[trio.SocketListener],
-    handle: Callable[[trio.SocketStream, str], Awaitable[None]],
+    listeners: Sequence[Listener],
+    handle: Callable[[Any, str], Awaitable[None]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -409,9 +430,9 @@ async def accept_clients(
 
 
 async def _accept_loop(
-    listener: trio.SocketListener,
+    listener: Listener,
     nursery: trio.Nursery,
-    handle: Callable[[trio.SocketStream, str], Awaitable[None]],
+    handle: Callable[[Any, str], Awaitable[None]],
 ) -> None:
     async with listener:
         while True:
@@ -423,7 +444,7 @@ async def _accept_loop(
                 await trio.sleep(0.1)
                 continue
             try:
-                host, port = stream.socket.getpeername()[:2]
+                host, port = _socket_of(stream).getpeername()[:2]
             except OSError:  # it reset between the kernel's accept and ours: nothing to do
                 await stream.aclose()
                 continue
@@ -446,6 +467,8 @@ def _why(exc: BaseException) -> str:
         return f"cannot resolve the host ({exc.strerror})"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)  # trio adds the address to strerror; the person knows it
+    if isinstance(exc, UpstreamTlsError):
+        return str(exc.strerror)
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, BaseExceptionGroup):
         return "; ".join(dict.fromkeys(_why(inner) for inner in cause.exceptions))
@@ -489,6 +512,29 @@ async def _refuse(client: trio.abc.Stream) -> None:
             await client.send_eof()
         while await client.receive_some(READ_SIZE):
             pass
+
+
+class UpstreamTlsError(OSError):
+    """The direct-TLS handshake with the server failed; the message says why."""
+
+
+def tls_upstream(host: str, port: int, context: ssl.SSLContext, name: str) -> OpenUpstream:
+    """Opens a direct-TLS (XEP-0368) connection to the configured upstream.
+
+    ``name`` is what its certificate must be for (and the SNI): the XMPP domain.
+    """
+
+    async def open_upstream() -> trio.abc.Stream:
+        stream = await trio.open_tcp_stream(host, port)
+        tls = trio.SSLStream(stream, context, server_hostname=name, https_compatible=True)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await stream.aclose()
+            raise UpstreamTlsError(None, f"TLS with the server failed: {_why(exc)}") from exc
+        return tls
+
+    return open_upstream
 
 
 def tcp_upstream(host: str, port: int) -> OpenUpstream:

@@ -175,6 +175,7 @@ def run_chat_scenario(
     use_cdata: bool = False,
     script: Mapping[tuple[str, str], tuple[str, ...]] = SCRIPT,
     tls_ca: Path | None = None,
+    direct_tls: bool = False,
 ) -> ScenarioResult:
     """Play the chat between alice and bob against ``host:port``; see the module docstring.
 
@@ -182,7 +183,8 @@ def run_chat_scenario(
     on ``domain``). ``timeout`` bounds everything up to the last message and the ping;
     ``disconnect_timeout`` bounds closing the streams. ``use_cdata`` makes slixmpp escape
     text with CDATA sections instead of entities. ``script`` replaces :data:`SCRIPT`.
-    ``tls_ca``: use STARTTLS, trusting only the CA in that PEM file (e.g. xmppspy's).
+    ``tls_ca``: use STARTTLS (direct TLS with ``direct_tls``), trusting only the CA in that PEM
+    file (e.g. xmppspy's).
 
     Never raises for a failure of the scenario itself: the returned result lists what went
     wrong in ``errors`` (call :meth:`ScenarioResult.assert_ok`). Must not be called from a
@@ -198,7 +200,9 @@ def run_chat_scenario(
     try:
         asyncio.set_event_loop(loop)
         with _collect_slixmpp_errors(result):
-            scenario = _Scenario(loop, host, port, domain, users, use_cdata, result, tls_ca)
+            scenario = _Scenario(
+                loop, host, port, domain, users, use_cdata, result, tls_ca, direct_tls
+            )
             # Belt and braces: the scenario bounds each of its own steps.
             overall = timeout + disconnect_timeout + 5.0
             try:
@@ -232,9 +236,11 @@ class _Scenario:
         use_cdata: bool,
         result: ScenarioResult,
         tls_ca: Path | None = None,
+        direct_tls: bool = False,
     ) -> None:
         self.loop = loop
         self.tls_ca = tls_ca
+        self.direct_tls = direct_tls
         self.host = host
         self.port = port
         self.domain = domain
@@ -266,8 +272,8 @@ class _Scenario:
         # enable_direct_tls), a plain socket then STARTTLS (if enable_starttls) and a plain
         # socket without STARTTLS (if enable_plaintext). enable_starttls = False also makes
         # slixmpp ignore a <starttls/> stream feature.
-        client.enable_direct_tls = False
-        client.enable_starttls = self.tls_ca is not None
+        client.enable_direct_tls = self.direct_tls
+        client.enable_starttls = self.tls_ca is not None and not self.direct_tls
         client.enable_plaintext = self.tls_ca is None
         if self.tls_ca is not None:
             client.ssl_context = ssl.create_default_context(cafile=str(self.tls_ca))
