@@ -194,3 +194,43 @@ async def test_direct_tls_on_both_sides(
     assert not any(isinstance(r.event, Opaque) for r in records)
     assert any(isinstance(r.event, Stanza) and r.event.kind is Kind.MESSAGE for r in records)
     assert "direct TLS on 127.0.0.1:" in proxy.stderr()
+
+
+async def test_scram_through_interception_works_and_its_proof_is_not_recorded(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """SCRAM-SHA-1 (no channel binding) succeeds through a TLS-terminating proxy."""
+    server, server_ca = tls_server
+    client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        ("--record", str(capture), "--upstream-ca", str(server_ca), "-q"),
+    )
+    proxy.start()
+    try:
+        result = await trio.to_thread.run_sync(
+            functools.partial(
+                run_chat_scenario,
+                "127.0.0.1",
+                proxy.port,
+                server.domain,
+                server.users,
+                tls_ca=client_ca,
+                mechanism="SCRAM-SHA-1",
+            )
+        )
+        result.assert_ok()
+    finally:
+        proxy.stop()
+        proxy.kill()
+    with open_capture(capture) as reader:
+        records = list(reader)
+    stanzas = [r.event for r in records if isinstance(r.event, Stanza)]
+    auths = [s for s in stanzas if s.kind is Kind.SASL_AUTH]
+    assert auths and all(b"SCRAM-SHA-1" in s.raw for s in auths)
+    responses = [s for s in stanzas if s.kind is Kind.SASL_RESPONSE]
+    assert responses and all(s.redacted and b"[redacted: " in s.raw for s in responses)
+    successes = [s for s in stanzas if s.kind is Kind.SASL_SUCCESS]
+    assert successes and all(s.redacted for s in successes)  # the server signature

@@ -73,7 +73,10 @@ class _Violation(Exception):
 def _sniff(first_bytes: bytes) -> str | None:
     """Name the protocol a peer speaks instead of XMPP, from its first bytes."""
     if first_bytes[:1] == b"\x16":
-        return "this is a TLS handshake, not XML: the peer expects direct TLS on this port"
+        return (
+            "this is a TLS handshake, not XML: the peer expects direct TLS on this port "
+            "(xmppspy proxy --listen-tls serves such clients)"
+        )
     if re.match(rb"(GET|POST|PUT|HEAD|OPTIONS|CONNECT|DELETE|PATCH|TRACE) ", first_bytes):
         return "this is an HTTP request, not an XMPP stream"
     return None

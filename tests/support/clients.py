@@ -176,6 +176,7 @@ def run_chat_scenario(
     script: Mapping[tuple[str, str], tuple[str, ...]] = SCRIPT,
     tls_ca: Path | None = None,
     direct_tls: bool = False,
+    mechanism: str = "PLAIN",
 ) -> ScenarioResult:
     """Play the chat between alice and bob against ``host:port``; see the module docstring.
 
@@ -184,7 +185,7 @@ def run_chat_scenario(
     ``disconnect_timeout`` bounds closing the streams. ``use_cdata`` makes slixmpp escape
     text with CDATA sections instead of entities. ``script`` replaces :data:`SCRIPT`.
     ``tls_ca``: use STARTTLS (direct TLS with ``direct_tls``), trusting only the CA in that PEM
-    file (e.g. xmppspy's).
+    file (e.g. xmppspy's). ``mechanism``: the SASL mechanism the clients insist on.
 
     Never raises for a failure of the scenario itself: the returned result lists what went
     wrong in ``errors`` (call :meth:`ScenarioResult.assert_ok`). Must not be called from a
@@ -201,7 +202,7 @@ def run_chat_scenario(
         asyncio.set_event_loop(loop)
         with _collect_slixmpp_errors(result):
             scenario = _Scenario(
-                loop, host, port, domain, users, use_cdata, result, tls_ca, direct_tls
+                loop, host, port, domain, users, use_cdata, result, tls_ca, direct_tls, mechanism
             )
             # Belt and braces: the scenario bounds each of its own steps.
             overall = timeout + disconnect_timeout + 5.0
@@ -237,8 +238,10 @@ class _Scenario:
         result: ScenarioResult,
         tls_ca: Path | None = None,
         direct_tls: bool = False,
+        mechanism: str = "PLAIN",
     ) -> None:
         self.loop = loop
+        self.mechanism = mechanism
         self.tls_ca = tls_ca
         self.direct_tls = direct_tls
         self.host = host
@@ -263,7 +266,7 @@ class _Scenario:
             password,
             plugin_config={
                 # Only SASL PLAIN, and PLAIN is allowed over an unencrypted stream.
-                "feature_mechanisms": {"unencrypted_plain": True, "use_mech": "PLAIN"},
+                "feature_mechanisms": {"unencrypted_plain": True, "use_mech": self.mechanism},
                 "xep_0199": {"keepalive": False},
             },
             loop=self.loop,
