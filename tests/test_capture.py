@@ -188,3 +188,30 @@ def test_disk_full_warns_once_and_keeps_going(tmp_path: Path) -> None:
     assert len(warnings) == 1
     assert "No space left on device" in warnings[0]
     assert isinstance(writer.failed, OSError)
+
+
+def test_tls_facts_and_rewrites_read_back(tmp_path: Path) -> None:
+    from xmppspy.events import Rewritten, TlsStarted
+
+    records = [
+        Record(
+            1.0,
+            "c1",
+            TlsStarted(
+                Direction.S2C,
+                intercepted=True,
+                version="TLSv1.3",
+                cipher="TLS_AES_256_GCM_SHA384",
+                server_subject="commonName=example.test",
+                server_issuer="organizationName=trustme",
+                server_fingerprint="AB:" * 31 + "CD",
+                verified=True,
+            ),
+        ),
+        Record(2.0, "c1", Rewritten(Direction.S2C, b"<stream:features/>", "removed X-PLUS")),
+        Record(3.0, "c1", Rewritten(Direction.S2C, b"\xff not utf-8", "binary")),
+    ]
+    path = tmp_path / "s.jsonl"
+    write(path, records)
+    with open_capture(path) as reader:
+        assert list(reader) == records

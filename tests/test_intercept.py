@@ -9,7 +9,15 @@ import trio
 import trio.testing
 import trustme
 
-from xmppspy.events import Direction, Opaque, ParseError, Stanza, StreamOpened, TlsStarted
+from xmppspy.events import (
+    Direction,
+    Opaque,
+    ParseError,
+    Rewritten,
+    Stanza,
+    StreamOpened,
+    TlsStarted,
+)
 from xmppspy.relay import Relay, RelayConfig, TlsSetup
 
 HEADER_C = (
@@ -25,6 +33,11 @@ STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 SECRET = b"<message to='bob@example.test' type='chat'><body>seen only inside TLS</body></message>"
 REPLY = b"<message from='bob@example.test' type='chat'><body>and back</body></message>"
+PLUS_FEATURES = (
+    b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+    b"<mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>PLAIN</mechanism></mechanisms>"
+    b"</stream:features>"
+)
 
 
 class Records:
@@ -90,8 +103,10 @@ async def test_intercepted_starttls_shows_the_stanzas_inside_and_relays_them() -
         await server.send_all(PROCEED)
         tls = trio.SSLStream(server, real_server, server_side=True, https_compatible=True)
         await tls.do_handshake()
+        await receive_until(tls, b"version='1.0'>")
+        await tls.send_all(HEADER_S + PLUS_FEATURES)  # the restarted stream's features
         await receive_until(tls, SECRET)
-        await tls.send_all(HEADER_S + REPLY)
+        await tls.send_all(REPLY)
         await receive_until(tls, b"</stream:stream>")
         await tls.send_all(b"</stream:stream>")
         await tls.aclose()
@@ -108,7 +123,10 @@ async def test_intercepted_starttls_shows_the_stanzas_inside_and_relays_them() -
             client, client_trusts_proxy, server_hostname="example.test", https_compatible=True
         )
         await tls.do_handshake()  # verifies xmppspy's certificate for example.test
-        await tls.send_all(HEADER_C + SECRET)
+        await tls.send_all(HEADER_C)
+        offered = await receive_until(tls, b"</stream:features>")
+        assert b"SCRAM-SHA-1-PLUS" not in offered and b"<mechanism>PLAIN</mechanism>" in offered
+        await tls.send_all(SECRET)
         received = await receive_until(tls, REPLY)
         await tls.send_all(b"</stream:stream>")
         await receive_until(tls, b"</stream:stream>")
@@ -120,8 +138,10 @@ async def test_intercepted_starttls_shows_the_stanzas_inside_and_relays_them() -
             nursery.start_soon(play_server)
             await play_client()
 
-    assert received == HEADER_S + REPLY  # what the server sent inside TLS reached the client
+    assert received.endswith(REPLY)  # what the server sent inside TLS reached the client
     assert domains == ["example.test"]
+    (rewrite,) = sink.events(Rewritten)  # shown: the client did not get what the server sent
+    assert rewrite.reason == "removed SASL mechanisms SCRAM-SHA-1-PLUS"
     (started,) = sink.events(TlsStarted)
     assert started.intercepted and started.verified is True
     assert started.version and started.version.startswith("TLSv1.")

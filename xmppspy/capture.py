@@ -31,6 +31,7 @@ from xmppspy.events import (
     OpaqueReason,
     ParseError,
     Record,
+    Rewritten,
     Stanza,
     StreamClosed,
     StreamOpened,
@@ -152,6 +153,14 @@ def event_fields(event: Event) -> dict[str, Any]:
             }
         case Bound():
             return {"dir": event.dir.value, "event": "bound", "jid": event.jid}
+        case Rewritten():
+            sent = _raw_fields(event.sent)
+            return {
+                "dir": event.dir.value,
+                "event": "rewrite",
+                **{key.replace("raw", "sent"): value for key, value in sent.items()},
+                "reason": event.reason,
+            }
         case Connected():
             return {"event": "connect", "client": event.client, "upstream": event.upstream}
         case Disconnected():
@@ -335,6 +344,9 @@ class CaptureReader:
             )
         if name == "bound":
             return Bound(direction, f["jid"])
+        if name == "rewrite":
+            sent = f["sent"].encode() if "sent" in f else base64.b64decode(f["sent_b64"])
+            return Rewritten(direction, sent, f["reason"])
         raw = f["raw"].encode("utf-8") if "raw" in f else base64.b64decode(f["raw_b64"])
         key = (f["conn"], direction)
         match name:

@@ -9,6 +9,7 @@ import inspect
 import ipaddress
 import itertools
 import os
+import re
 import signal
 import socket
 import ssl
@@ -270,6 +271,16 @@ def _tls_setup(
     return TlsSetup(authority.server_context, upstream, authority.sni_context)
 
 
+def _mechanism_list(err: Console, text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(name.strip().upper() for name in text.split(",") if name.strip())
+    bad = [name for name in names if not re.fullmatch(r"[A-Z0-9_-]{1,20}", name)]
+    if not names or bad:
+        _fail(err, f"--sasl-mechanisms {text!r}: write names like PLAIN,SCRAM-SHA-1", 2)
+    return names
+
+
 @dataclass(frozen=True)
 class DirectTls:
     """--listen-tls and --upstream-tls: direct TLS (XEP-0368) on both sides."""
@@ -510,6 +521,18 @@ def proxy(
             show_default=False,
         ),
     ] = None,
+    sasl_mechanisms: Annotated[
+        str | None,
+        typer.Option(
+            "--sasl-mechanisms",
+            metavar="LIST",
+            help="Offer clients only these SASL mechanisms (comma-separated, e.g. "
+            "PLAIN,SCRAM-SHA-1); the rewrite is shown. Through interception SCRAM-*-PLUS is "
+            "always removed: channel binding cannot pass a TLS-terminating proxy.",
+            rich_help_panel="TLS",
+            show_default=False,
+        ),
+    ] = None,
     upstream_ca: Annotated[
         Path | None,
         typer.Option(
@@ -606,7 +629,8 @@ def proxy(
     if writer is not None and record_filtered:
         recorder = FilteredSink(writer, _recorded(_filter(err, filter_flags, filter_expression)))
     setup = _tls_setup(err, tls, upstream_ca, upstream_insecure, cert, key)
-    config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets, setup)
+    mechanisms = _mechanism_list(err, sasl_mechanisms)
+    config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets, setup, mechanisms)
     direct = _direct_tls(err, listen_tls, upstream_tls, upstream_tls_name, setup, config)
     try:
         relays = trio.run(

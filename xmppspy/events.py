@@ -169,6 +169,16 @@ class TlsStarted:
 
 
 @dataclass(frozen=True)
+class Rewritten:
+    """xmppspy changed an element on its way (the wire bytes are in the element's own event)."""
+
+    dir: Direction
+    sent: bytes
+    """What the other peer got instead."""
+    reason: str
+
+
+@dataclass(frozen=True)
 class Bound:
     """The server bound a resource: the connection's full JID."""
 
@@ -199,7 +209,7 @@ class Disconnected:
 WireEvent = StreamOpened | Stanza | Keepalive | StreamClosed | ParseError | Opaque
 """Events that cover bytes of one direction of the stream."""
 
-Event = WireEvent | TlsStarted | Bound | Connected | Disconnected
+Event = WireEvent | TlsStarted | Rewritten | Bound | Connected | Disconnected
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from xmppspy.events import (
     Opaque,
     ParseError,
     Record,
+    Rewritten,
     Stanza,
     StreamClosed,
     StreamOpened,
@@ -48,6 +49,7 @@ EVENT_KINDS: dict[type, tuple[str, ...]] = {
     Opaque: ("opaque",),
     TlsStarted: ("tls", "tls-started"),
     Bound: ("bound",),
+    Rewritten: ("rewrite",),
     Connected: ("connect",),
     Disconnected: ("disconnect",),
 }

@@ -121,6 +121,8 @@ class RelayConfig:
     show_secrets: bool = False
     tls: TlsSetup | None = None
     """How to intercept STARTTLS; None relays TLS opaquely (passthrough)."""
+    sasl_mechanisms: tuple[str, ...] | None = None
+    """Offer clients only these SASL mechanisms (``--sasl-mechanisms``)."""
 
 
 @dataclass
@@ -269,6 +271,7 @@ class Relay:
                     max_stanza_size=self.config.max_stanza_size,
                     show_secrets=self.config.show_secrets,
                     intercept_tls=self.config.tls is not None,
+                    sasl_mechanisms=self.config.sasl_mechanisms,
                 )
                 try:
                     async with upstream:
@@ -374,13 +377,17 @@ class Relay:
             if not data:
                 if leftovers := session.close(direction):
                     self._emit(stats.conn, leftovers)
+                if rest := session.release(direction):
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await dest.send_all(rest)
                 break
             if session.tls_pending and direction is Direction.C2S:
                 hello.data = bytes(data)  # the client's TLS hello: for us, not the server
                 return
             self._observe(session, direction, bytes(data), stats)
             try:
-                await dest.send_all(data)
+                if out := session.forward(direction, bytes(data)):
+                    await dest.send_all(out)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _PeerGone(f"{writer} went away: {_why(exc)}") from exc
             if session.tls_pending and direction is Direction.S2C:

@@ -26,13 +26,14 @@ from xmppspy.events import (
     OpaqueReason,
     ParseError,
     Record,
+    Rewritten,
     Stanza,
     StreamClosed,
     StreamOpened,
     TlsStarted,
 )
 from xmppspy.selection import Shown
-from xmppspy.xml import parse_stanza
+from xmppspy.xml import context_tag, parse_stanza
 
 ARROWS = {Direction.C2S: "C→S", Direction.S2C: "S→C"}
 STYLES = {Direction.C2S: "bold cyan", Direction.S2C: "bold magenta"}
@@ -58,15 +59,23 @@ def printable(raw: bytes) -> str:
 
 def pretty_xml(stanza: Stanza) -> str:
     """The stanza indented for reading, or its raw text when it cannot be parsed."""
+    return _pretty(stanza.context, stanza.raw)
+
+
+def _pretty(context: bytes, raw: bytes) -> str:
     try:
-        element = parse_stanza(stanza.context, stanza.raw)
+        element = parse_stanza(context, raw)
     except ValueError:
-        return printable(stanza.raw)
+        return printable(raw)
     wrapper = copy.deepcopy(element.getparent())
     assert wrapper is not None
     etree.indent(wrapper, space="  ")
     lines = etree.tostring(wrapper, encoding="unicode").splitlines()[1:-1]
     return "\n".join(line[2:] for line in lines).translate(_UNPRINTABLE)
+
+
+_CLIENT_CONTEXT = context_tag({None: "jabber:client", "stream": "http://etherx.jabber.org/streams"})
+"""The namespaces of a client stream, to show bytes xmppspy sent (a rewritten element)."""
 
 
 def _bytes(count: int) -> str:
@@ -181,6 +190,12 @@ class View:
                 return Rule(head + Text(facts, "bold yellow"), align="left")
             case Bound():
                 return head + Text(f"bound as {event.jid}", "bold green")
+            case Rewritten():
+                head.append(f"xmppspy rewrote this: {event.reason}; the peer got", "bold yellow")
+                code = (
+                    _excerpt(event.sent, None) if self.raw else _pretty(_CLIENT_CONTEXT, event.sent)
+                )
+                return Group(head, Padding(_xml(code), (0, 0, 0, 4)))
             case Connected():
                 return head + Text(f"connected {event.client} → {event.upstream}", "green")
             case Disconnected():
