@@ -84,3 +84,13 @@ def test_every_module_has_a_place_in_the_layers() -> None:
 @pytest.mark.parametrize("module", sorted(ALLOWED))
 def test_module_imports_only_lower_layers(module: str) -> None:
     assert imports(PACKAGE / f"{module}.py") <= ALLOWED[module]
+
+
+def test_the_proxy_starts_without_loading_cryptography() -> None:
+    """cryptography costs about 12 MB of RSS: only a certificate may load it (docs/performance.md)."""
+    import subprocess
+    import sys
+
+    code = "import sys, xmppspy.cli; print('cryptography' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

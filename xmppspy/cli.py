@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import trio
 import typer
@@ -34,12 +34,6 @@ from xmppspy.capture import (
     create_capture_file,
     encode_record,
     open_capture,
-)
-from xmppspy.certs import (
-    CertificateAuthority,
-    CertificateError,
-    default_home,
-    load_user_certificate,
 )
 from xmppspy.events import Bound, Connected, Disconnected, Record, StreamOpened
 from xmppspy.filters import ATOMS, Filter, FilterError, make_filter
@@ -64,6 +58,12 @@ VIEW_BUFFER = 2048
 """Records waiting for the terminal; past this the view skips them (and says so)."""
 VIEW_BATCH_SECONDS = 0.02
 XMPP_PORT = 5222
+
+if TYPE_CHECKING:
+    from xmppspy.certs import CertificateAuthority
+
+# xmppspy.certs is imported where a certificate is needed, never at start-up: it loads
+# cryptography, which would add about 12 MB to every proxy's memory (docs/performance.md).
 
 app = typer.Typer(
     name="xmppspy",
@@ -262,9 +262,11 @@ def _tls_setup(
             "anyone between xmppspy and the server can read and change the session.[/]"
         )
     if cert is not None:
+        from xmppspy import certs
+
         try:
-            own = load_user_certificate(cert, key)
-        except CertificateError as exc:
+            own = certs.load_user_certificate(cert, key)
+        except certs.CertificateError as exc:
             _fail(err, str(exc))
         return TlsSetup(lambda _domain: own, upstream, lambda _domain: own)
     authority = _LazyAuthority(err)
@@ -317,6 +319,8 @@ def _direct_tls(
             f"[bold yellow]xmppspy: listening on {listen}, not a loopback address: anyone who "
             "can reach it can use this proxy and read what crosses it.[/]"
         )
+    from xmppspy.certs import CertificateError  # direct TLS needs a certificate at once
+
     try:
         context = setup.direct_context(name)
     except CertificateError as exc:
@@ -337,10 +341,12 @@ class _LazyAuthority:
 
     def __init__(self, err: Console) -> None:
         self.err = err
-        self.authority: CertificateAuthority | None = None
+        self.authority: CertificateAuthority | None = None  # loaded at the first need
 
     def _load(self) -> CertificateAuthority:
         if self.authority is None:
+            from xmppspy.certs import CertificateAuthority, default_home
+
             self.authority = CertificateAuthority.load_or_create(default_home())
             for note in self.authority.notes:
                 self.err.print(f"[yellow]xmppspy: {escape(note)}[/]")
@@ -1289,11 +1295,12 @@ def ca(
 
     Example: `xmppspy ca --export xmppspy-ca.pem`
     """
+    from xmppspy import certs
 
     _, err = _consoles()
     try:
-        authority = CertificateAuthority.load_or_create(default_home())
-    except CertificateError as exc:
+        authority = certs.CertificateAuthority.load_or_create(certs.default_home())
+    except certs.CertificateError as exc:
         _fail(err, str(exc))
     for note in authority.notes:
         err.print(f"[yellow]xmppspy: {escape(note)}[/]")
