@@ -14,6 +14,7 @@ PACKAGE = Path(xmppspy.__file__).parent
 # module -> the xmppspy modules and the outside packages it may import
 ALLOWED: dict[str, set[str]] = {
     "xml": {"lxml"},
+    "reasons": {"trio"},
     "events": {"xml", "lxml"},
     "namespaces": {"events"},
     "parser": {"events", "namespaces", "xml"},
@@ -25,10 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "render": {"events", "selection", "xml", "lxml", "rich"},
     "stats": {"events", "filters", "namespaces", "selection"},
     "stats_view": {"events", "stats", "rich", "orjson"},
-    "relay": {"events", "parser", "session", "trio"},
+    "relay": {"events", "parser", "reasons", "session", "trio"},
     "mock": {"events", "namespaces", "parser", "redact", "lxml"},
     "serve": {"capture", "events", "mock", "relay", "render", "selection", "trio", "rich"},
-    "client": {"events", "namespaces", "parser", "trio", "lxml"},
+    "client": {"events", "namespaces", "parser", "reasons", "trio", "lxml"},
     "certs": {"cryptography"},
     "replay": {"events", "parser", "lxml"},
     "cli": {

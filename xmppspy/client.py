@@ -16,9 +16,7 @@ import base64
 import enum
 import hashlib
 import hmac
-import os
 import secrets
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +37,7 @@ from xmppspy.namespaces import (
     TLS,
 )
 from xmppspy.parser import StreamParser
+from xmppspy.reasons import reason
 
 READ_SIZE = 64 * 1024
 CONNECT_TIMEOUT = 10.0
@@ -431,19 +430,7 @@ def _error(iq: etree._Element) -> str:
 
 
 def _why(exc: BaseException) -> str:
-    """An OS error in a person's words."""
-    if isinstance(exc, trio.TooSlowError):
-        return f"no answer within {CONNECT_TIMEOUT:g} s"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, BaseExceptionGroup):
-        return "; ".join(dict.fromkeys(_why(inner) for inner in cause.exceptions))
-    if cause is not None:
-        return _why(cause)
-    return str(exc) or type(exc).__name__
+    return reason(exc, timeout=CONNECT_TIMEOUT)
 
 
 def tls_context(ca: Path | None = None, *, insecure: bool = False) -> ssl.SSLContext:

@@ -12,8 +12,6 @@ import contextlib
 import errno
 import hashlib
 import itertools
-import os
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -33,6 +31,7 @@ from xmppspy.events import (
     TlsStarted,
 )
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
+from xmppspy.reasons import reason
 from xmppspy.session import Session
 
 T = TypeVar("T")
@@ -463,25 +462,7 @@ def _names(direction: Direction) -> tuple[str, str]:
 
 
 def _why(exc: BaseException) -> str:
-    """The reason in a person's words: the OS's message, not trio's wrapping of it."""
-    if isinstance(exc, trio.TooSlowError):
-        return f"no answer within {CONNECT_TIMEOUT:g} s"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
-        return str(exc.reason or exc).replace("_", " ").lower()
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)  # trio adds the address to strerror; the person knows it
-    if isinstance(exc, UpstreamTlsError):
-        return str(exc.strerror)
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, BaseExceptionGroup):
-        return "; ".join(dict.fromkeys(_why(inner) for inner in cause.exceptions))
-    if cause is not None:
-        return _why(cause)
-    return str(exc) or type(exc).__name__
+    return reason(exc, timeout=CONNECT_TIMEOUT)
 
 
 async def _refuse_in_tls(client: trio.SSLStream[_Replayed], reason: str) -> None:
