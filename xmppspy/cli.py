@@ -128,6 +128,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _warn_if_exposed(err: Console, address: Address, what: str) -> None:
+    """Say loudly, before anything else, that a listener is reachable beyond this machine."""
+    if not _is_loopback(address.host):
+        err.print(
+            f"[bold yellow]xmppspy: listening on {address}, not a loopback address: anyone who "
+            f"can reach it can {what}.[/]"
+        )
+
+
 def _consoles(*, color: bool = True) -> tuple[Console, Console]:
     no_color = bool(os.environ.get("NO_COLOR")) or not color
     out = ViewConsole(no_color=no_color or None, highlight=False, soft_wrap=False)
@@ -314,11 +323,7 @@ def _direct_tls(
     listen = parse_address(listen_tls)
     upstream = parse_address(upstream_tls)
     name = name or upstream.host
-    if not _is_loopback(listen.host):
-        err.print(
-            f"[bold yellow]xmppspy: listening on {listen}, not a loopback address: anyone who "
-            "can reach it can use this proxy and read what crosses it.[/]"
-        )
+    _warn_if_exposed(err, listen, "use this proxy and read what crosses it")
     from xmppspy.certs import CertificateError  # direct TLS needs a certificate at once
 
     try:
@@ -388,6 +393,12 @@ def _filter(err: Console, flags: FilterFlags, expression: str | None) -> Filter:
         _fail(err, str(exc), 2)
 
 
+CaptureArgument = Annotated[
+    Path,
+    typer.Argument(
+        metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
+    ),
+]
 RawOption = Annotated[
     bool, typer.Option("--raw", help="Show the bytes exactly as on the wire, not pretty XML.")
 ]
@@ -604,11 +615,7 @@ def proxy(
     selector = _selector(err, filter_flags, filter_expression, with_replies=with_replies)
     listen_at = parse_address(listen, default_port=XMPP_PORT)
     upstream_at = parse_address(upstream, default_port=XMPP_PORT)
-    if not _is_loopback(listen_at.host):
-        err.print(
-            f"[bold yellow]xmppspy: listening on {listen_at}, not a loopback address: anyone who "
-            "can reach it can use this proxy and read what crosses it.[/]"
-        )
+    _warn_if_exposed(err, listen_at, "use this proxy and read what crosses it")
     view: View | JsonView | None = None
     if json_:
         view = JsonView(err)
@@ -773,12 +780,7 @@ def _silence_stdout() -> None:
 @app.command()
 @with_filters
 def replay(
-    capture: Annotated[
-        Path,
-        typer.Argument(
-            metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
-        ),
-    ],
+    capture: CaptureArgument,
     raw: RawOption = False,
     json_: JsonOption = False,
     with_replies: RepliesOption = False,
@@ -1140,12 +1142,7 @@ def _client_replay(
 @app.command()
 @with_filters
 def stats(
-    capture: Annotated[
-        Path,
-        typer.Argument(
-            metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
-        ),
-    ],
+    capture: CaptureArgument,
     json_: Annotated[
         bool, typer.Option("--json", help="Print the numbers as one JSON document on stdout.")
     ] = False,
@@ -1189,12 +1186,7 @@ def stats(
 
 @app.command()
 def serve(
-    capture: Annotated[
-        Path,
-        typer.Argument(
-            metavar="FILE", help="A capture written by xmppspy proxy --record.", show_default=False
-        ),
-    ],
+    capture: CaptureArgument,
     listen: Annotated[
         str,
         typer.Option(
@@ -1243,11 +1235,7 @@ def serve(
         scripts = mock_serve.load_scripts(capture, conn)
     except (CaptureError, ScriptError) as exc:
         _fail(err, str(exc))
-    if not _is_loopback(listen_at.host):
-        err.print(
-            f"[bold yellow]xmppspy: listening on {listen_at}, not a loopback address: anyone who "
-            "can reach it can use this mock server.[/]"
-        )
+    _warn_if_exposed(err, listen_at, "use this mock server")
     service = mock_serve.MockService(
         scripts,
         mock_serve.ServeView(None if quiet else out, raw=raw),
