@@ -383,9 +383,10 @@ class Relay:
             if session.tls_pending and direction is Direction.C2S:
                 hello.data = bytes(data)  # the client's TLS hello: for us, not the server
                 return
-            self._observe(session, direction, bytes(data), stats)
+            chunk = bytes(data)
+            self._observe(session, direction, chunk, stats)
             try:
-                if out := session.forward(direction, bytes(data)):
+                if out := session.forward(direction, chunk):
                     await dest.send_all(out)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _PeerGone(f"{writer} went away: {_why(exc)}") from exc
