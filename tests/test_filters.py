@@ -884,7 +884,7 @@ def test_in_quotes_a_backslash_escapes_the_next_character() -> None:
 
 KINDS_LIST = (
     "a, abort, auth, bound, challenge, close, connect, disconnect, enable, enabled, error, "
-    "failed, failure, features, header, iq, keepalive, message, opaque, other, parse-error, "
+    "failed, failure, features, header, iq, keepalive, message, notice, opaque, other, parse-error, "
     "presence, proceed, r, response, resume, resumed, rewrite, sasl, sasl:abort, sasl:auth, "
     "sasl:challenge, sasl:failure, sasl:response, sasl:success, sm, sm:a, sm:enable, sm:enabled, "
     "sm:failed, sm:r, sm:resume, sm:resumed, starttls, stream, stream:error, stream:features, "

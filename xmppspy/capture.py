@@ -27,6 +27,7 @@ from xmppspy.events import (
     Event,
     Keepalive,
     Kind,
+    Notice,
     Opaque,
     OpaqueReason,
     ParseError,
@@ -148,9 +149,12 @@ def event_fields(event: Event) -> dict[str, Any]:
                         "server_issuer": event.server_issuer,
                         "server_fingerprint": event.server_fingerprint,
                         "verified": event.verified,
+                        "stripped": True if event.stripped else None,
                     }
                 ),
             }
+        case Notice():
+            return {"event": "notice", "text": event.text}
         case Bound():
             return {"dir": event.dir.value, "event": "bound", "jid": event.jid}
         case Rewritten():
@@ -321,6 +325,8 @@ class CaptureReader:
         name = f["event"]
         if name == "connect":
             return Connected(client=f["client"], upstream=f["upstream"])
+        if name == "notice":
+            return Notice(str(f["text"]))
         if name == "disconnect":
             return Disconnected(
                 reason=f["reason"],
@@ -341,6 +347,7 @@ class CaptureReader:
                 server_issuer=f.get("server_issuer"),
                 server_fingerprint=f.get("server_fingerprint"),
                 verified=f.get("verified"),
+                stripped=bool(f.get("stripped", False)),
             )
         if name == "bound":
             return Bound(direction, f["jid"])

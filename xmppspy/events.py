@@ -2,8 +2,8 @@
 
 Every event that came off the wire carries ``raw``, the exact bytes it covers, so that joining
 the ``raw`` of one direction's events gives back exactly the bytes that crossed the wire.
-Notices (``TlsStarted``, ``Bound``, ``Connected``, ``Disconnected``) carry no bytes: they are what
-the proxy concluded, not what it saw.
+Notices (``TlsStarted``, ``Notice``, ``Bound``, ``Connected``, ``Disconnected``) carry no bytes:
+they are what the proxy concluded, not what it saw.
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ class TlsStarted:
     """SHA-256 of the server's certificate, hex with colons."""
     verified: bool | None = None
     """Whether the server's certificate verified (None: passed through, unknown)."""
+    stripped: bool = False
+    """xmppspy did TLS with the server only; the client's side stays plaintext (--tls strip)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,13 @@ class Rewritten:
     sent: bytes
     """What the other peer got instead."""
     reason: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something about the connection the person should know that no other event says."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -209,7 +218,7 @@ class Disconnected:
 WireEvent = StreamOpened | Stanza | Keepalive | StreamClosed | ParseError | Opaque
 """Events that cover bytes of one direction of the stream."""
 
-Event = WireEvent | TlsStarted | Rewritten | Bound | Connected | Disconnected
+Event = WireEvent | TlsStarted | Rewritten | Notice | Bound | Connected | Disconnected
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from xmppspy.events import (
     Event,
     Keepalive,
     Kind,
+    Notice,
     Opaque,
     ParseError,
     Record,
@@ -50,6 +51,7 @@ EVENT_KINDS: dict[type, tuple[str, ...]] = {
     TlsStarted: ("tls", "tls-started"),
     Bound: ("bound",),
     Rewritten: ("rewrite",),
+    Notice: ("notice",),
     Connected: ("connect",),
     Disconnected: ("disconnect",),
 }

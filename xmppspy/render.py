@@ -22,6 +22,7 @@ from xmppspy.events import (
     Direction,
     Disconnected,
     Keepalive,
+    Notice,
     Opaque,
     OpaqueReason,
     ParseError,
@@ -183,19 +184,28 @@ class View:
                         align="left",
                     )
                 trust = {True: "verified", False: "NOT VERIFIED", None: "unknown"}[event.verified]
+                what = (
+                    "TLS to the server only, the client in plaintext (--tls strip)"
+                    if event.stripped
+                    else "TLS intercepted"
+                )
                 facts = (
-                    f"TLS intercepted: {event.version} {event.cipher}; server certificate "
+                    f"{what}: {event.version} {event.cipher}; server certificate "
                     f"{event.server_subject} issued by {event.server_issuer}, {trust}"
                 )
                 return Rule(head + Text(facts, "bold yellow"), align="left")
             case Bound():
                 return head + Text(f"bound as {event.jid}", "bold green")
             case Rewritten():
-                head.append(f"xmppspy rewrote this: {event.reason}; the peer got", "bold yellow")
+                if not event.sent:
+                    return head + Text(f"xmppspy: {event.reason}", "bold yellow")
+                head.append(f"xmppspy: {event.reason}; the peer got", "bold yellow")
                 code = (
                     _excerpt(event.sent, None) if self.raw else _pretty(_CLIENT_CONTEXT, event.sent)
                 )
                 return Group(head, Padding(_xml(code), (0, 0, 0, 4)))
+            case Notice():
+                return head + Text(f"xmppspy: {event.text}", "bold yellow")
             case Connected():
                 return head + Text(f"connected {event.client} → {event.upstream}", "green")
             case Disconnected():

@@ -2,7 +2,9 @@
 
 The cross-direction rules live here and nowhere else:
 
-- the server's ``<proceed/>`` switches both directions to TLS (opaque in this version);
+- the server's ``<proceed/>`` switches both directions to TLS (intercepted, or opaque);
+- with ``starttls_upstream``, xmppspy asks the server for STARTTLS itself and the client sees
+  only the stream that follows (``--tls strip``; direct-TLS clients of a STARTTLS server);
 - the server's SASL ``<success/>`` restarts both streams;
 - a bind request and its result label the session with the bound full JID;
 - secrets are redacted before any event leaves the session, unless asked otherwise: SASL PLAIN
@@ -12,6 +14,7 @@ The cross-direction rules live here and nowhere else:
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from collections import deque
 from collections.abc import Collection
@@ -20,7 +23,9 @@ from xmppspy.events import (
     Bound,
     Direction,
     Event,
+    Keepalive,
     Kind,
+    Notice,
     Opaque,
     OpaqueReason,
     ParseError,
@@ -30,13 +35,28 @@ from xmppspy.events import (
     TlsStarted,
     WireEvent,
 )
-from xmppspy.namespaces import BIND
+from xmppspy.namespaces import BIND, TLS
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE, StreamParser
 from xmppspy.redact import UnparsedScrubber, mechanism, redact
 
 _MECHANISM = re.compile(rb"<mechanism>\s*([A-Za-z0-9_-]{1,40})\s*</mechanism>\s*")
 _BIND = "{" + BIND + "}bind"
 _BIND_JID = "{" + BIND + "}jid"
+_STARTTLS = "{" + TLS + "}starttls"
+STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+
+
+class Upgrade(enum.Enum):
+    """Where xmppspy's own STARTTLS with the server stands (``starttls_upstream``)."""
+
+    CLIENT_HEADER = "client-header"
+    """The client's stream header goes to the server; nothing after it yet."""
+    FEATURES = "features"
+    """The server's header and features are held back; if they offer STARTTLS, ask for it."""
+    PROCEED = "proceed"
+    """xmppspy sent ``<starttls/>``; the server's answer is held back too."""
+    DONE = "done"
+    """TLS with the server is up (or could not be had): relay both ways."""
 
 
 class Session:
@@ -49,18 +69,34 @@ class Session:
         show_secrets: bool = False,
         intercept_tls: bool = False,
         sasl_mechanisms: Collection[str] | None = None,
+        direct_tls: bool = False,
+        starttls_upstream: bool = False,
     ) -> None:
+        """``direct_tls``: the connection to the server is TLS from its first byte (XEP-0368),
+        ended at xmppspy. ``starttls_upstream``: xmppspy negotiates STARTTLS with the server
+        itself; the relay follows ``negotiating`` and sends ``take_injected()`` upstream."""
         self.show_secrets = show_secrets
-        self.intercept_tls = intercept_tls
+        self.intercept_tls = intercept_tls or direct_tls or starttls_upstream
         self.sasl_mechanisms = (
             frozenset(m.upper() for m in sasl_mechanisms) if sasl_mechanisms else None
         )
-        self._gating = self.sasl_mechanisms is not None
+        self.tls = direct_tls
+        """The stream to the server is encrypted."""
+        self._gating = self.sasl_mechanisms is not None or direct_tls
         """Whether server features may need rewriting: then unfinished elements are held back."""
         self._held = b""
         self._rewrites: list[tuple[bytes, bytes]] = []
         self.tls_pending = False
         """The server said <proceed/> and the TLS handshakes are to be done (intercept only)."""
+        self._upgrade = Upgrade.CLIENT_HEADER if starttls_upstream else Upgrade.DONE
+        self._injected = b""
+        self._client_header = b""
+        self._client_rest = b""
+        """Client bytes read with its header but after it: they go to the server after TLS."""
+        self._header_end: int | None = None
+        """Where the client's header ends, counted over the bytes fed while waiting for it."""
+        self._client_fed = 0
+        self._client_parsed = 0
         self.domain: str | None = None
         """The server's domain, from the client's stream header: the name TLS is for."""
         self.parsers = {
@@ -72,7 +108,6 @@ class Session:
             ),
         }
         self.jid: str | None = None
-        self.tls = False
         self.authenticated = False
         self._sasl_mechanism: str | None = None
         self._bind_requests: set[str | None] = set()
@@ -80,6 +115,8 @@ class Session:
 
     def feed(self, direction: Direction, data: bytes) -> list[Event]:
         """Take bytes that travelled in ``direction``; return what they tell."""
+        if self._upgrade is Upgrade.CLIENT_HEADER and direction is Direction.C2S:
+            self._client_fed += len(data)
         pending: deque[WireEvent] = deque(self.parsers[direction].feed(data))
         out: list[Event] = []
         while pending:
@@ -90,16 +127,26 @@ class Session:
                 if event.kind is Kind.SASL_AUTH:
                     self._sasl_mechanism = mechanism(event)
                 out.append(event if self.show_secrets else redact(event, self._sasl_mechanism))
+                if self._upgrade is not Upgrade.DONE:
+                    self._negotiate(event, out)
                 pending.extend(self._rules(event, out))
             else:
                 out.append(self._scrub(event))
+                if self._upgrade is not Upgrade.DONE:
+                    self._negotiate(event, out)
         return out
 
     def forward(self, direction: Direction, data: bytes) -> bytes:
         """What to pass on of a read just fed: the same bytes, except while the server's features
         may need rewriting (see ``_mechanisms``): then the bytes of an unfinished element wait,
-        and a finished ``<stream:features/>`` goes out rewritten."""
-        if direction is Direction.C2S or not (self._gating or self._held):
+        and a finished ``<stream:features/>`` goes out rewritten. While xmppspy negotiates
+        STARTTLS itself, the server's bytes are held back, and the client's after its header."""
+        if direction is Direction.C2S:
+            return self._forward_client(data)
+        if self._upgrade in (Upgrade.FEATURES, Upgrade.PROCEED):
+            self._held += data
+            return b""
+        if not (self._gating or self._held):
             return data
         buffered = self._held + data
         cut = len(buffered) - self.parsers[Direction.S2C].pending if self._gating else len(buffered)
@@ -108,6 +155,82 @@ class Session:
             ready = ready.replace(original, rewritten, 1)
         self._rewrites.clear()
         return ready
+
+    def _forward_client(self, data: bytes) -> bytes:
+        if self._header_end is None:
+            return data
+        keep = self._header_end - (self._client_fed - len(data))
+        self._header_end = None
+        if self._upgrade is Upgrade.DONE:
+            return data  # the negotiation was given up in this very read: relay as it came
+        self._client_rest = data[keep:]
+        return data[:keep]
+
+    @property
+    def negotiating(self) -> Direction | None:
+        """During xmppspy's own STARTTLS: whose bytes to read next; None once both ways flow."""
+        if self._upgrade is Upgrade.CLIENT_HEADER:
+            return Direction.C2S
+        return None if self._upgrade is Upgrade.DONE else Direction.S2C
+
+    def take_injected(self) -> bytes:
+        """Bytes xmppspy itself must now send to the server (its own STARTTLS)."""
+        injected, self._injected = self._injected, b""
+        return injected
+
+    def _negotiate(self, event: WireEvent, out: list[Event]) -> None:
+        """xmppspy's own STARTTLS, one event at a time (see ``Upgrade``)."""
+        if self._upgrade is Upgrade.CLIENT_HEADER:
+            self._client_parsed += len(event.raw)
+            if isinstance(event, StreamOpened):
+                self._client_header = event.raw
+                self._header_end = self._client_parsed
+                self._upgrade = Upgrade.FEATURES
+            elif not isinstance(event, Keepalive):
+                self._give_up(out, "the client did not open an XMPP stream")
+            return
+        if event.dir is Direction.C2S or isinstance(event, StreamOpened | Keepalive):
+            return
+        if not isinstance(event, Stanza):
+            self._give_up(out, "the server's stream broke off before TLS")
+        elif self._upgrade is Upgrade.FEATURES and event.kind is Kind.FEATURES:
+            if not self._offers_starttls(event):
+                self._give_up(out, "the server offered no STARTTLS")
+                return
+            self._injected += STARTTLS
+            self._upgrade = Upgrade.PROCEED
+            out.append(
+                Rewritten(
+                    Direction.S2C,
+                    b"",
+                    "held back from the client: xmppspy starts TLS with the server itself; the "
+                    "client gets the stream that follows",
+                )
+            )
+            out.append(
+                Rewritten(Direction.C2S, STARTTLS, "asked the server for TLS in the client's place")
+            )
+        elif not (self._upgrade is Upgrade.PROCEED and event.kind is Kind.PROCEED):
+            refused = event.kind is Kind.TLS_FAILURE
+            self._give_up(
+                out,
+                "the server refused STARTTLS" if refused else f"the server sent {event.kind.value}",
+            )
+
+    @staticmethod
+    def _offers_starttls(features: Stanza) -> bool:
+        try:
+            return features.element.find(_STARTTLS) is not None
+        except ValueError:
+            return False
+
+    def _give_up(self, out: list[Event], why: str) -> None:
+        """No TLS with the server from xmppspy: relay what was held back, as it came."""
+        self._upgrade = Upgrade.DONE
+        self._header_end = None
+        self._injected += self._client_rest
+        self._client_rest = b""
+        out.append(Notice(f"xmppspy did not start TLS with the server: {why}; relaying as it is"))
 
     def release(self, direction: Direction) -> bytes:
         """At the end of a direction: whatever is still held back goes out as it came."""
@@ -141,9 +264,24 @@ class Session:
             out.append(Rewritten(features.dir, rewritten, f"removed SASL mechanisms {names}"))
 
     def tls_established(self, started: TlsStarted) -> list[Event]:
-        """Both TLS handshakes are done: both streams restart, now seen in clear."""
+        """Both TLS handshakes are done: both streams restart, now seen in clear.
+
+        After xmppspy's own STARTTLS only the server's stream restarts: xmppspy sends the
+        client's header again inside TLS, and the client never sees the stream before it.
+        """
         self.tls_pending = False
         self._gating = True  # the features after TLS may offer SCRAM-*-PLUS
+        if self._upgrade is Upgrade.PROCEED:
+            self._upgrade = Upgrade.DONE
+            self._held = b""  # the server's stream before TLS was for xmppspy alone
+            self._injected += self._client_header + self._client_rest
+            self._client_rest = b""
+            resent = Rewritten(
+                Direction.C2S,
+                self._client_header,
+                "sent the client's stream header again, inside TLS",
+            )
+            return [started, *self.parsers[Direction.S2C].restart(), resent]
         restarted = self.parsers[Direction.S2C].restart() + self.parsers[Direction.C2S].restart()
         return [started, *restarted]
 
@@ -176,7 +314,12 @@ class Session:
             return self.parsers[Direction.S2C].go_opaque(OpaqueReason.TLS) + self.parsers[
                 Direction.C2S
             ].go_opaque(OpaqueReason.TLS)
-        if direction is Direction.S2C and kind is Kind.FEATURES and self._gating:
+        if (
+            direction is Direction.S2C
+            and kind is Kind.FEATURES
+            and self._gating
+            and self._upgrade is Upgrade.DONE
+        ):
             self._mechanisms(stanza, out)
         if direction is Direction.S2C and kind is Kind.SASL_SUCCESS:
             self.authenticated = True
