@@ -210,8 +210,16 @@ def test_no_command_declares_an_option_twice() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--listen-tls", "127.0.0.1:15223"], "--listen-tls and --upstream-tls go together"),
-        (["--upstream-tls", "127.0.0.1:5223"], "--listen-tls and --upstream-tls go together"),
+        (["--upstream-tls", "127.0.0.1:5223"], "are for --listen-tls clients"),
+        (["--upstream-tls-name", "example.test"], "are for --listen-tls clients"),
+        (
+            ["--listen-tls", "127.0.0.1:15223", "--upstream-tls-name", "example.test"],
+            "--upstream-tls-name goes with --upstream-tls",
+        ),
+        (
+            ["--listen-tls", "127.0.0.1:15223", "--tls", "passthrough"],
+            "--listen-tls terminates TLS: it needs --tls intercept or strip",
+        ),
         (
             [
                 "--listen-tls",
@@ -221,9 +229,9 @@ def test_no_command_declares_an_option_twice() -> None:
                 "--tls",
                 "passthrough",
             ],
-            "--listen-tls terminates TLS: it needs --tls intercept",
+            "--listen-tls terminates TLS: it needs --tls intercept or strip",
         ),
-        (["--tls", "passthrough", "--upstream-insecure"], "need --tls intercept"),
+        (["--tls", "passthrough", "--upstream-insecure"], "need --tls intercept or strip"),
         (["--upstream-insecure", "--upstream-ca", "pyproject.toml"], "contradict each other"),
         (["--key", "pyproject.toml"], "--key goes with --cert"),
     ],

@@ -17,7 +17,7 @@ from support.prosody import ProsodyServer, free_loopback_ports
 from support.proxy import ProxyProcess
 
 from xmppspy.capture import open_capture
-from xmppspy.events import Direction, Kind, Opaque, OpaqueReason, Stanza, TlsStarted
+from xmppspy.events import Direction, Kind, Opaque, OpaqueReason, Rewritten, Stanza, TlsStarted
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,9 @@ def export_ca(home: Path, target: Path) -> Path:
     return target
 
 
-async def chat(server: ProsodyServer, proxy: ProxyProcess, client_ca: Path, timeout: float = 20):
+async def chat(
+    server: ProsodyServer, proxy: ProxyProcess, client_ca: Path | None, timeout: float = 20
+):
     proxy.start()
     try:
         return await trio.to_thread.run_sync(
@@ -234,3 +236,91 @@ async def test_scram_through_interception_works_and_its_proof_is_not_recorded(
     assert responses and all(s.redacted and b"[redacted: " in s.raw for s in responses)
     successes = [s for s in stanzas if s.kind is Kind.SASL_SUCCESS]
     assert successes and all(s.redacted for s in successes)  # the server signature
+
+
+def message_bodies(records: list) -> list[str]:
+    return [
+        r.event.element.findtext(BODY)
+        for r in records
+        if isinstance(r.event, Stanza)
+        and r.event.kind is Kind.MESSAGE
+        and r.event.dir is Direction.C2S
+        and r.event.element.find(BODY) is not None
+    ]
+
+
+async def test_strip_lets_a_plaintext_client_use_a_server_that_requires_tls(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """--tls strip: the clients never see STARTTLS; xmppspy does it with Prosody for them."""
+    server, server_ca = tls_server
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        ("--tls", "strip", "--upstream-ca", str(server_ca), "--record", str(capture)),
+    )
+    result = await chat(server, proxy, None)  # plaintext slixmpp clients, no CA to trust
+    result.assert_ok()
+    with open_capture(capture) as reader:
+        records = list(reader)
+    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
+    assert len(started) == 2 and all(s.stripped and s.verified for s in started)
+    assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
+    injected = [
+        r.event.sent
+        for r in records
+        if isinstance(r.event, Rewritten) and r.event.dir is Direction.C2S
+    ]
+    assert injected.count(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>") == 2
+    assert not any(isinstance(r.event, Opaque) for r in records)
+    assert not (home / "ca-key.pem").exists()  # nobody needed xmppspy's CA
+    shown = proxy.stdout()
+    assert "TLS to the server only, the client in plaintext (--tls strip)" in shown
+    assert "--tls strip: clients get no STARTTLS" in proxy.stderr()
+    for password in server.users.values():
+        assert password.encode() not in capture.read_bytes()
+        assert password not in shown
+
+
+async def test_a_direct_tls_client_reaches_a_starttls_only_port(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """--listen-tls without --upstream-tls: XEP-0368 to xmppspy, STARTTLS from xmppspy on."""
+    server, server_ca = tls_server
+    client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
+    (tls_port,) = free_loopback_ports(1)
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        (
+            *("--listen-tls", f"127.0.0.1:{tls_port}", "--upstream-ca", str(server_ca)),
+            *("--record", str(capture), "-q"),
+        ),
+    )
+    proxy.start()
+    try:
+        result = await trio.to_thread.run_sync(
+            functools.partial(
+                run_chat_scenario,
+                "127.0.0.1",
+                tls_port,
+                server.domain,
+                server.users,
+                tls_ca=client_ca,
+                direct_tls=True,
+            )
+        )
+        result.assert_ok()
+    finally:
+        proxy.stop()
+        proxy.kill()
+    with open_capture(capture) as reader:
+        records = list(reader)
+    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
+    assert len(started) == 2
+    assert all(s.intercepted and s.verified and not s.stripped for s in started)
+    assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
+    assert not any(isinstance(r.event, Opaque) for r in records)
+    assert f"relaying to {server.host}:{server.c2s_port} with STARTTLS" in proxy.stderr()

@@ -204,3 +204,163 @@ async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason
     (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
     assert done.reason.startswith("TLS with the server failed: ")
     assert "certificate verify failed: unable to get local issuer certificate" in done.reason
+
+
+# -- xmppspy's own STARTTLS with the server: --tls strip, and direct-TLS clients ---------------
+
+HEADER_S2 = HEADER_S.replace(b"id='s1'", b"id='s2'")
+
+
+def starttls_relay(
+    proxy_trusts: ssl.SSLContext, sink: Records, upstream: trio.abc.Stream
+) -> tuple[Relay, list[str]]:
+    """A relay that does STARTTLS with the server itself; it must never need a certificate
+    for plaintext clients (the list records every request for one)."""
+    asked: list[str] = []
+
+    def server_context(domain: str) -> ssl.SSLContext:
+        asked.append(domain)
+        raise AssertionError("a stripped session needs no certificate of xmppspy's")
+
+    async def open_upstream() -> trio.abc.Stream:
+        return upstream
+
+    config = RelayConfig(
+        "example.test:5222", tls=TlsSetup(server_context, proxy_trusts), starttls_upstream=True
+    )
+    return Relay(config, open_upstream, sink), asked
+
+
+async def play_starttls_server(server: trio.abc.Stream, context: ssl.SSLContext) -> bytes:
+    """A server that requires STARTTLS; returns what it got inside TLS."""
+    first = await receive_until(server, b"version='1.0'>")
+    assert first == HEADER_C
+    await server.send_all(HEADER_S + FEATURES)
+    assert await receive_until(server, STARTTLS) == STARTTLS
+    await server.send_all(PROCEED)
+    tls = trio.SSLStream(server, context, server_side=True, https_compatible=True)
+    await tls.do_handshake()
+    inside = await receive_until(tls, b"version='1.0'>")
+    await tls.send_all(HEADER_S2 + PLUS_FEATURES)
+    inside += await receive_until(tls, SECRET)
+    await tls.send_all(REPLY)
+    inside += await receive_until(tls, b"</stream:stream>")
+    await tls.send_all(b"</stream:stream>")
+    await tls.aclose()
+    return inside
+
+
+async def test_strip_hides_starttls_and_encrypts_to_the_server_in_the_clients_place() -> None:
+    real_server, proxy_trusts_server, _, _ = contexts()
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+    relay, asked = starttls_relay(proxy_trusts_server, sink, relay_server)
+    inside = b""
+
+    async def server_side() -> None:
+        nonlocal inside
+        inside = await play_starttls_server(server, real_server)
+
+    seen = b""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(server_side)
+            await client.send_all(HEADER_C)  # a plaintext client that never heard of STARTTLS
+            seen = await receive_until(client, b"</stream:features>")
+            await client.send_all(SECRET)
+            seen += await receive_until(client, REPLY)
+            await client.send_all(b"</stream:stream>")
+            seen += await receive_until(client, b"</stream:stream>")
+            await client.aclose()
+    # the client saw one stream: the server's stream from inside TLS, without -PLUS
+    assert (
+        seen
+        == HEADER_S2
+        + PLUS_FEATURES.replace(b"<mechanism>SCRAM-SHA-1-PLUS</mechanism>", b"")
+        + REPLY
+        + b"</stream:stream>"
+    )
+    # the server got the client's header again and its stanza, inside TLS
+    assert inside == HEADER_C + SECRET + b"</stream:stream>"
+    assert asked == []
+    (started,) = sink.events(TlsStarted)
+    assert started.stripped and started.verified is True
+    assert [r.dir for r in sink.events(Rewritten)] == [
+        Direction.S2C,  # the server's first stream, held back
+        Direction.C2S,  # <starttls/> from xmppspy
+        Direction.C2S,  # the client's header again
+        Direction.S2C,  # -PLUS removed
+    ]
+    raws = [(s.dir, s.raw) for s in sink.events(Stanza)]
+    assert (Direction.C2S, SECRET) in raws and (Direction.S2C, REPLY) in raws
+    assert (Direction.S2C, PROCEED) in raws  # recorded, though the client never got it
+    assert sink.events(Opaque) == [] and sink.events(ParseError) == []
+    (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
+    assert done.reason == "closed by both sides"
+
+
+async def test_strip_against_an_untrusted_server_tells_the_client_why() -> None:
+    real_server, _, _, _ = contexts()
+    proxy_trusts_nobody = ssl.create_default_context()
+    proxy_trusts_nobody.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+    relay, _ = starttls_relay(proxy_trusts_nobody, sink, relay_server)
+
+    async def server_side() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, AssertionError):
+            await play_starttls_server(server, real_server)
+
+    told = b""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(server_side)
+            await client.send_all(HEADER_C)
+            told = await receive_until(client, b"</stream:stream>")
+    assert told.startswith(b"<?xml version='1.0'?><stream:stream ")
+    assert b"<remote-connection-failed" in told and b"certificate verify failed" in told
+    assert b"starttls" not in told
+    (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
+    assert done.reason.startswith("TLS with the server failed: certificate verify failed")
+
+
+async def test_a_direct_tls_client_reaches_a_starttls_server() -> None:
+    """XEP-0368 to xmppspy, STARTTLS from xmppspy to the server: both sides seen in clear."""
+    real_server, proxy_trusts_server, proxy_as_server, client_trusts_proxy = contexts()
+    client_raw, relay_client_raw = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+    relay, _ = starttls_relay(proxy_trusts_server, sink, relay_server)
+    # what the --listen-tls listener hands the relay: a server-side TLS stream
+    relay_client = trio.SSLStream(
+        relay_client_raw, proxy_as_server, server_side=True, https_compatible=True
+    )
+    client = trio.SSLStream(
+        client_raw, client_trusts_proxy, server_hostname="example.test", https_compatible=True
+    )
+    inside = b""
+
+    async def server_side() -> None:
+        nonlocal inside
+        inside = await play_starttls_server(server, real_server)
+
+    seen = b""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(server_side)
+            await client.send_all(HEADER_C)
+            seen = await receive_until(client, b"</stream:features>")
+            await client.send_all(SECRET)
+            seen += await receive_until(client, REPLY)
+            await client.send_all(b"</stream:stream>")
+            seen += await receive_until(client, b"</stream:stream>")
+            await client.aclose()
+    assert seen.startswith(HEADER_S2) and b"starttls" not in seen and b"-PLUS" not in seen
+    assert inside == HEADER_C + SECRET + b"</stream:stream>"
+    (started,) = sink.events(TlsStarted)
+    assert started.intercepted and not started.stripped and started.verified is True

@@ -236,6 +236,7 @@ def _pacer(err: Console, pace: str) -> Pacer | None:
 class TlsMode(enum.StrEnum):
     INTERCEPT = "intercept"
     PASSTHROUGH = "passthrough"
+    STRIP = "strip"
 
 
 def _tls_setup(
@@ -246,11 +247,15 @@ def _tls_setup(
     cert: Path | None,
     key: Path | None,
 ) -> TlsSetup | None:
-    """The TLS side of --tls intercept: our certificate per domain, and whom we trust upstream."""
+    """The TLS side of --tls intercept and strip: our certificate per domain, and whom we trust
+    upstream."""
     if mode is TlsMode.PASSTHROUGH:
         if upstream_ca or upstream_insecure or cert or key:
             _fail(
-                err, "--upstream-ca, --upstream-insecure, --cert and --key need --tls intercept", 2
+                err,
+                "--upstream-ca, --upstream-insecure, --cert and --key need --tls intercept "
+                "or strip",
+                2,
             )
         return None
     if upstream_ca and upstream_insecure:
@@ -294,7 +299,7 @@ def _mechanism_list(err: Console, text: str | None) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class DirectTls:
-    """--listen-tls and --upstream-tls: direct TLS (XEP-0368) on both sides."""
+    """--listen-tls: direct-TLS (XEP-0368) clients, to --upstream-tls or to --upstream."""
 
     listen: Address
     upstream: Address
@@ -304,6 +309,8 @@ class DirectTls:
     """What direct-TLS clients are shown: our certificate for the name they ask for."""
     upstream_context: ssl.SSLContext
     config: RelayConfig
+    starttls: bool
+    """No --upstream-tls: clients go to --upstream, where xmppspy itself does STARTTLS."""
 
 
 def _direct_tls(
@@ -313,15 +320,20 @@ def _direct_tls(
     name: str | None,
     setup: TlsSetup | None,
     config: RelayConfig,
+    upstream_at: Address,
 ) -> DirectTls | None:
-    if listen_tls is None and upstream_tls is None:
+    """Direct-TLS clients go to --upstream-tls, or to --upstream with xmppspy's own STARTTLS."""
+    if listen_tls is None:
+        if upstream_tls is not None or name is not None:
+            _fail(err, "--upstream-tls and --upstream-tls-name are for --listen-tls clients", 2)
         return None
-    if listen_tls is None or upstream_tls is None:
-        _fail(err, "--listen-tls and --upstream-tls go together", 2)
+    if name is not None and upstream_tls is None:
+        _fail(err, "--upstream-tls-name goes with --upstream-tls", 2)
     if setup is None or setup.direct_context is None:
-        _fail(err, "--listen-tls terminates TLS: it needs --tls intercept", 2)
+        _fail(err, "--listen-tls terminates TLS: it needs --tls intercept or strip", 2)
     listen = parse_address(listen_tls)
-    upstream = parse_address(upstream_tls)
+    starttls = upstream_tls is None
+    upstream = parse_address(upstream_tls) if upstream_tls else upstream_at
     name = name or upstream.host
     _warn_if_exposed(err, listen, "use this proxy and read what crosses it")
     from xmppspy.certs import CertificateError  # direct TLS needs a certificate at once
@@ -337,7 +349,8 @@ def _direct_tls(
         name,
         context,
         setup.upstream_context,
-        dataclasses.replace(config, upstream=str(upstream)),
+        dataclasses.replace(config, upstream=str(upstream), starttls_upstream=starttls),
+        starttls,
     )
 
 
@@ -503,8 +516,10 @@ def proxy(
         typer.Option(
             "--tls",
             help="What to do when a client starts TLS: intercept (terminate it with a certificate "
-            "from xmppspy's CA, see 'xmppspy ca', and show the session inside) or passthrough "
-            "(relay the encrypted bytes unseen).",
+            "from xmppspy's CA, see 'xmppspy ca', and show the session inside), passthrough "
+            "(relay the encrypted bytes unseen), or strip (for clients that cannot trust a CA: "
+            "hide STARTTLS from them and do it with the server in their place; they then talk "
+            "to xmppspy in plaintext).",
             rich_help_panel="TLS",
         ),
     ] = TlsMode.INTERCEPT,
@@ -513,7 +528,8 @@ def proxy(
         typer.Option(
             "--listen-tls",
             metavar="HOST:PORT",
-            help="Also accept direct-TLS clients (XEP-0368) here, relayed to --upstream-tls.",
+            help="Also accept direct-TLS clients (XEP-0368) here: relayed to --upstream-tls, or "
+            "without it to --upstream, where xmppspy does STARTTLS itself.",
             rich_help_panel="TLS",
             show_default=False,
         ),
@@ -643,8 +659,22 @@ def proxy(
         recorder = FilteredSink(writer, _recorded(_filter(err, filter_flags, filter_expression)))
     setup = _tls_setup(err, tls, upstream_ca, upstream_insecure, cert, key)
     mechanisms = _mechanism_list(err, sasl_mechanisms)
-    config = RelayConfig(str(upstream_at), max_stanza_size, show_secrets, setup, mechanisms)
-    direct = _direct_tls(err, listen_tls, upstream_tls, upstream_tls_name, setup, config)
+    config = RelayConfig(
+        str(upstream_at),
+        max_stanza_size,
+        show_secrets,
+        setup,
+        mechanisms,
+        starttls_upstream=tls is TlsMode.STRIP,
+    )
+    direct = _direct_tls(
+        err, listen_tls, upstream_tls, upstream_tls_name, setup, config, upstream_at
+    )
+    if tls is TlsMode.STRIP:
+        err.print(
+            "[yellow]xmppspy: --tls strip: clients get no STARTTLS and talk to xmppspy in "
+            "plaintext, passwords included; xmppspy does TLS with the server for them.[/]"
+        )
     try:
         relays = trio.run(
             _run_proxy,
@@ -710,8 +740,12 @@ async def _run_proxy(
             tls_listeners = await trio.open_ssl_over_tcp_listeners(
                 direct.listen.port, direct.context, host=direct.listen.host, https_compatible=True
             )
-            opener = tls_upstream(
-                direct.upstream.host, direct.upstream.port, direct.upstream_context, direct.name
+            opener = (
+                tcp_upstream(direct.upstream.host, direct.upstream.port)
+                if direct.starttls
+                else tls_upstream(
+                    direct.upstream.host, direct.upstream.port, direct.upstream_context, direct.name
+                )
             )
             relays.append(Relay(direct.config, opener, FanOut(sinks), ids=ids))
         async with trio.open_nursery() as outer:
@@ -723,6 +757,8 @@ async def _run_proxy(
                 if direct is not None:
                     await inner.start(relays[1].serve, tls_listeners)
                     where += f"; direct TLS on {direct.listen}, relaying to {direct.upstream}"
+                    if direct.starttls:
+                        where += " with STARTTLS"
                 err.print(f"xmppspy {__version__}: {where}; Ctrl-C stops", highlight=False)
                 inner.start_soon(_stop_on_signal, signals, inner.cancel_scope)
             send.close()

@@ -41,14 +41,21 @@ _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 CONNECT_TIMEOUT = 10.0
 REFUSE_TIMEOUT = 2.0
 
-UPSTREAM_FAILED = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-    b"<stream:error><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-    b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>xmppspy could not reach the server"
-    b"</text></stream:error></stream:stream>"
-)
-"""What a client is told when the upstream server cannot be reached (RFC 6120 4.9.3.16)."""
+
+def stream_error(text: str) -> bytes:
+    """A whole stream that only says the server cannot be had (RFC 6120 4.9.3.16), and why."""
+    return (
+        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+        b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        b"<stream:error><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>"
+        + escape(text).encode()
+        + b"</text></stream:error></stream:stream>"
+    )
+
+
+UPSTREAM_FAILED = stream_error("xmppspy could not reach the server")
+"""What a client is told when the upstream server cannot be reached."""
 
 
 class Sink(Protocol):
@@ -122,6 +129,13 @@ class RelayConfig:
     """How to intercept STARTTLS; None relays TLS opaquely (passthrough)."""
     sasl_mechanisms: tuple[str, ...] | None = None
     """Offer clients only these SASL mechanisms (``--sasl-mechanisms``)."""
+    starttls_upstream: bool = False
+    """xmppspy asks the server for STARTTLS itself and hides it from the client (``--tls
+    strip``, and direct-TLS clients of a STARTTLS server). Needs ``tls``."""
+
+    def __post_init__(self) -> None:
+        if self.starttls_upstream and self.tls is None:
+            raise ValueError("starttls_upstream needs tls: whom to trust upstream")
 
 
 @dataclass
@@ -191,7 +205,9 @@ class TlsSetup:
     """For direct-TLS clients: picks the certificate by SNI, ``domain`` when there is none."""
 
 
-def tls_facts(stream: trio.SSLStream[trio.abc.Stream], verified: bool) -> TlsStarted:
+def tls_facts(
+    stream: trio.SSLStream[trio.abc.Stream], verified: bool, *, stripped: bool = False
+) -> TlsStarted:
     """What a person wants to know about the TLS session with the server."""
     der = stream.getpeercert(binary_form=True) or b""
     fingerprint = hashlib.sha256(der).hexdigest()
@@ -213,11 +229,16 @@ def tls_facts(stream: trio.SSLStream[trio.abc.Stream], verified: bool) -> TlsSta
         server_issuer=name("issuer"),
         server_fingerprint=":".join(fingerprint[i : i + 2] for i in range(0, 64, 2)),
         verified=verified,
+        stripped=stripped,
     )
 
 
 class _PeerGone(Exception):
     """One side reset or broke the connection; the whole connection ends."""
+
+
+class _ServerTlsFailed(Exception):
+    """The TLS handshake with the server failed; the message says why, in one line."""
 
 
 class Relay:
@@ -263,6 +284,7 @@ class Relay:
                     await _refuse(client)
                     return
                 self._emit(stats.conn, [Connected(client_name, self.config.upstream)])
+                direct = isinstance(upstream, trio.SSLStream)
                 if isinstance(upstream, trio.SSLStream):  # direct TLS (XEP-0368) on both sides
                     verified = upstream.context.verify_mode != ssl.CERT_NONE
                     self._emit(stats.conn, [tls_facts(upstream, verified)])
@@ -271,6 +293,8 @@ class Relay:
                     show_secrets=self.config.show_secrets,
                     intercept_tls=self.config.tls is not None,
                     sasl_mechanisms=self.config.sasl_mechanisms,
+                    direct_tls=direct,
+                    starttls_upstream=self.config.starttls_upstream and not direct,
                 )
                 try:
                     async with upstream:
@@ -296,6 +320,10 @@ class Relay:
         """Pump both ways; at an intercepted STARTTLS, do both handshakes and pump on in TLS."""
         secured: list[trio.SSLStream[trio.abc.Stream]] = []
         try:
+            if session.negotiating is not None:
+                upstream = await self._starttls_upstream(client, upstream, session, stats)
+                if isinstance(upstream, trio.SSLStream):
+                    secured.append(upstream)
             while True:
                 hello = _Held()
                 async with trio.open_nursery() as nursery:
@@ -331,10 +359,7 @@ class Relay:
         """TLS with the server as its client, then with the client as the server it asked for."""
         tls = self.config.tls
         assert tls is not None
-        domain = session.domain or self.config.upstream.rsplit(":", 1)[0]
-        server_side = trio.SSLStream(
-            upstream, tls.upstream_context, server_hostname=domain, https_compatible=True
-        )
+        domain = self._domain(session)
         client_side = trio.SSLStream(
             _Replayed(client, client_hello),
             tls.server_context(domain),
@@ -342,11 +367,10 @@ class Relay:
             https_compatible=True,
         )
         try:
-            await server_side.do_handshake()
-        except trio.BrokenResourceError as exc:
-            reason = f"TLS with the server failed: {_why(exc)}"
-            await _refuse_in_tls(client_side, reason)
-            raise _PeerGone(reason) from exc
+            server_side = await self._server_tls(upstream, domain)
+        except _ServerTlsFailed as exc:
+            await _refuse_in_tls(client_side, str(exc))
+            raise _PeerGone(str(exc)) from exc
         try:
             await client_side.do_handshake()
         except trio.BrokenResourceError as exc:
@@ -357,6 +381,82 @@ class Relay:
         started = tls_facts(server_side, tls.upstream_context.verify_mode != ssl.CERT_NONE)
         self._emit(stats.conn, session.tls_established(started))
         return client_side, server_side
+
+    def _domain(self, session: Session) -> str:
+        """The name TLS with the server is for: the client's ``to``, else the upstream host."""
+        return session.domain or self.config.upstream.rsplit(":", 1)[0]
+
+    async def _server_tls(
+        self, upstream: trio.abc.Stream, domain: str
+    ) -> trio.SSLStream[trio.abc.Stream]:
+        """TLS with the server as its client, for ``domain`` (the SNI and the name verified)."""
+        tls = self.config.tls
+        assert tls is not None
+        server_side = trio.SSLStream(
+            upstream, tls.upstream_context, server_hostname=domain, https_compatible=True
+        )
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await server_side.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise _ServerTlsFailed(f"TLS with the server failed: {_why(exc)}") from exc
+        return server_side
+
+    async def _starttls_upstream(
+        self,
+        client: trio.abc.Stream,
+        upstream: trio.abc.Stream,
+        session: Session,
+        stats: ConnectionStats,
+    ) -> trio.abc.Stream:
+        """xmppspy's own STARTTLS with the server, before both ways are pumped.
+
+        One side at a time (``Session.negotiating`` says which), so that only this task writes
+        to the server: the client's header goes up, the server's header and features are held
+        back, xmppspy sends ``<starttls/>``, and after ``<proceed/>`` and the handshake it sends
+        the client's header again. The client gets the server's stream from inside TLS on.
+        """
+        while (direction := session.negotiating) is not None:
+            source, dest = (client, upstream) if direction is Direction.C2S else (upstream, client)
+            reader, writer = _names(direction)
+            waiting = trio.fail_after(CONNECT_TIMEOUT) if direction is Direction.S2C else None
+            try:
+                with waiting or contextlib.nullcontext():
+                    data = await source.receive_some(READ_SIZE)
+            except trio.TooSlowError as exc:
+                raise _PeerGone(
+                    f"the server did not go on within {CONNECT_TIMEOUT:g} s while xmppspy "
+                    "negotiated STARTTLS"
+                ) from exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _PeerGone(f"{reader} reset the connection: {_why(exc)}") from exc
+            if not data:
+                self._emit(stats.conn, session.close(direction))
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    if held := session.release(Direction.S2C):
+                        await client.send_all(held)
+                raise _PeerGone(f"{reader} closed the connection before TLS with the server")
+            chunk = bytes(data)
+            self._observe(session, direction, chunk, stats)
+            await _send(dest, session.forward(direction, chunk), writer)
+            await _send(upstream, session.take_injected(), "server")
+            if session.tls_pending:
+                try:
+                    upstream = await self._server_tls(upstream, self._domain(session))
+                except _ServerTlsFailed as exc:
+                    with (
+                        trio.move_on_after(REFUSE_TIMEOUT),
+                        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                    ):
+                        await client.send_all(stream_error(f"xmppspy: {exc}"))
+                    raise _PeerGone(str(exc)) from exc
+                assert isinstance(upstream, trio.SSLStream)
+                verified = upstream.context.verify_mode != ssl.CERT_NONE
+                stripped = not isinstance(client, trio.SSLStream)
+                started = tls_facts(upstream, verified, stripped=stripped)
+                self._emit(stats.conn, session.tls_established(started))
+                await _send(upstream, session.take_injected(), "server")
+        return upstream
 
     async def _pump(
         self,
@@ -458,6 +558,15 @@ async def _accept_loop(
             nursery.start_soon(handle, stream, f"{host}:{port}")
 
 
+async def _send(stream: trio.abc.Stream, data: bytes, who: str) -> None:
+    if not data:
+        return
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise _PeerGone(f"{who} went away: {_why(exc)}") from exc
+
+
 def _names(direction: Direction) -> tuple[str, str]:
     return ("client", "server") if direction is Direction.C2S else ("server", "client")
 
@@ -468,14 +577,7 @@ def _why(exc: BaseException) -> str:
 
 async def _refuse_in_tls(client: trio.SSLStream[_Replayed], reason: str) -> None:
     """The server cannot be trusted: tell the client so in XMPP, inside the TLS it asked for."""
-    error = (
-        b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-        b"xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-        b"<stream:error><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>"
-        + escape(f"xmppspy: {reason}").encode()
-        + b"</text></stream:error></stream:stream>"
-    )
+    error = stream_error(f"xmppspy: {reason}")
     with (
         trio.move_on_after(REFUSE_TIMEOUT),
         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
