@@ -357,8 +357,8 @@ ATOMS: dict[str, Atom] = {
         Atom("kind", "KIND", "events of this kind: message, presence, iq; a stream-level kind "
              "(stream:features, sasl:auth, tls:proceed, sm:r, ...) or its group (stream, sasl, "
              "tls, sm); error (stream errors, SASL/TLS/SM failures, parse errors); or an event "
-             "that is not a stanza (header, close, keepalive, parse-error, opaque, bound, "
-             "connect, disconnect)", _kind),
+             "that is not a stanza (header, close, keepalive, parse-error, opaque, "
+             "tls-started, rewrite, notice, bound, connect, disconnect)", _kind),
         Atom("type", "TYPE", "stanzas of this type (chat, groupchat, get, set, result, error, "
              "unavailable, ...); a message without a type is normal, a presence without one "
              "available", _type),
