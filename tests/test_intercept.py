@@ -364,3 +364,59 @@ async def test_a_direct_tls_client_reaches_a_starttls_server() -> None:
     assert inside == HEADER_C + SECRET + b"</stream:stream>"
     (started,) = sink.events(TlsStarted)
     assert started.intercepted and not started.stripped and started.verified is True
+
+
+async def test_strip_with_a_server_that_offers_no_starttls_relays_it_as_it_is() -> None:
+    _, proxy_trusts_server, _, _ = contexts()
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+    relay, _ = starttls_relay(proxy_trusts_server, sink, relay_server)
+
+    async def plaintext_server() -> None:
+        await receive_until(server, b"version='1.0'>")
+        await server.send_all(HEADER_S + PLUS_FEATURES)
+        await receive_until(server, SECRET)
+        await server.send_all(REPLY + b"</stream:stream>")
+        await server.aclose()
+
+    seen = b""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(plaintext_server)
+            await client.send_all(HEADER_C)
+            seen = await receive_until(client, b"</stream:features>")
+            await client.send_all(SECRET)
+            seen += await receive_until(client, b"</stream:stream>")
+            await client.aclose()
+    assert seen == HEADER_S + PLUS_FEATURES + REPLY + b"</stream:stream>"  # untouched
+    (notice,) = [r.event for r in sink.records if type(r.event).__name__ == "Notice"]
+    assert notice.text.startswith("xmppspy did not start TLS with the server: the server offered")
+    assert sink.events(TlsStarted) == []
+
+
+async def test_a_server_that_hangs_up_before_proceed_leaves_the_client_what_it_sent() -> None:
+    _, proxy_trusts_server, _, _ = contexts()
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+    relay, _ = starttls_relay(proxy_trusts_server, sink, relay_server)
+
+    async def vanishing_server() -> None:
+        await receive_until(server, b"version='1.0'>")
+        await server.send_all(HEADER_S + FEATURES)
+        await receive_until(server, STARTTLS)
+        await server.aclose()
+
+    seen = b""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(vanishing_server)
+            await client.send_all(HEADER_C)
+            while chunk := await client.receive_some():
+                seen += chunk
+    assert seen == HEADER_S + FEATURES  # held back for TLS that never came: now the client's
+    (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
+    assert done.reason == "server closed the connection while xmppspy negotiated STARTTLS"

@@ -435,7 +435,7 @@ class Relay:
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     if held := session.release(Direction.S2C):
                         await client.send_all(held)
-                raise _PeerGone(f"{reader} closed the connection before TLS with the server")
+                raise _PeerGone(f"{reader} closed the connection while xmppspy negotiated STARTTLS")
             chunk = bytes(data)
             self._observe(session, direction, chunk, stats)
             await _send(dest, session.forward(direction, chunk), writer)
