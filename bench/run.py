@@ -859,11 +859,14 @@ def verdict(ok: bool) -> str:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Throughput, latency and memory of xmppspy proxy, with socat as baseline."
-    )
-    parser.add_argument("--quick", action="store_true", help="a smaller run (about 15 s)")
+def parse_args(
+    argv: Sequence[str] | None = None,
+    *,
+    description: str = "Throughput, latency and memory of xmppspy proxy, with socat as baseline.",
+) -> argparse.Namespace:
+    """The options of a bench run (bench/tls.py takes the same ones)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a smaller run")
     parser.add_argument(
         "--stanzas", type=int, help="stanzas in the stream (default 200,000; 20,000 with --quick)"
     )
@@ -885,7 +888,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = 50 if args.quick else 200
     if args.stanzas < 1 or args.round_trips < 1 or args.warmup < 0 or args.timeout <= 0:
-        parser.error("--stanzas and --round-trips must be positive, --warmup not negative")
+        parser.error(
+            "--stanzas, --round-trips and --timeout must be positive, --warmup not negative"
+        )
     return args
 
 

@@ -69,6 +69,7 @@ from run import (
     free_port,
     machine_facts,
     mb,
+    parse_args,
     ping,
     proc_status,
     proxy_command,
@@ -808,38 +809,6 @@ def report_targets(runs: list[TlsThroughput], rtt: list[TlsLatency]) -> None:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Throughput, latency and memory of xmppspy proxy intercepting STARTTLS."
-    )
-    parser.add_argument("--quick", action="store_true", help="a smaller run")
-    parser.add_argument(
-        "--stanzas", type=int, help="stanzas in the stream (default 200,000; 20,000 with --quick)"
-    )
-    parser.add_argument(
-        "--round-trips", type=int, help="measured round trips (default 2,000; 300 with --quick)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, help="unmeasured round trips first (default 200; 50 with --quick)"
-    )
-    parser.add_argument("--seed", type=int, default=20240601, help="seed of the stanza mix")
-    parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds any one transfer may take"
-    )
-    args = parser.parse_args(argv)
-    if args.stanzas is None:
-        args.stanzas = 20_000 if args.quick else 200_000
-    if args.round_trips is None:
-        args.round_trips = 300 if args.quick else 2_000
-    if args.warmup is None:
-        args.warmup = 50 if args.quick else 200
-    if args.stanzas < 1 or args.round_trips < 1 or args.warmup < 0 or args.timeout <= 0:
-        parser.error(
-            "--stanzas, --round-trips and --timeout must be positive, --warmup not negative"
-        )
-    return args
-
-
 def measure(
     args: argparse.Namespace, socat: str, stream: Stream
 ) -> tuple[list[TlsThroughput], list[TlsLatency]]:
@@ -874,7 +843,9 @@ def measure(
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = parse_args(argv)
+    args = parse_args(
+        argv, description="Throughput, latency and memory of xmppspy proxy intercepting STARTTLS."
+    )
     socat = shutil.which("socat")
     if socat is None:
         print(
