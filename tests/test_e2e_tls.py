@@ -65,18 +65,28 @@ def export_ca(home: Path, target: Path) -> Path:
 
 
 async def chat(
-    server: ProsodyServer, proxy: ProxyProcess, client_ca: Path | None, timeout: float = 20
+    server: ProsodyServer,
+    proxy: ProxyProcess,
+    client_ca: Path | None,
+    timeout: float = 20,
+    *,
+    direct_tls_port: int | None = None,
+    mechanism: str = "PLAIN",
 ):
+    """Run the chat through the proxy: STARTTLS (plaintext without ``client_ca``), or direct
+    TLS to ``direct_tls_port`` (the proxy's --listen-tls)."""
     proxy.start()
     try:
         return await trio.to_thread.run_sync(
             functools.partial(
                 run_chat_scenario,
                 "127.0.0.1",
-                proxy.port,
+                direct_tls_port or proxy.port,
                 server.domain,
                 server.users,
                 tls_ca=client_ca,
+                direct_tls=direct_tls_port is not None,
+                mechanism=mechanism,
                 timeout=timeout,
             )
         )
@@ -171,23 +181,8 @@ async def test_direct_tls_on_both_sides(
             *("--record", str(capture), "-q"),
         ),
     )
-    proxy.start()
-    try:
-        result = await trio.to_thread.run_sync(
-            functools.partial(
-                run_chat_scenario,
-                "127.0.0.1",
-                tls_port,
-                server.domain,
-                server.users,
-                tls_ca=client_ca,
-                direct_tls=True,
-            )
-        )
-        result.assert_ok()
-    finally:
-        proxy.stop()
-        proxy.kill()
+    result = await chat(server, proxy, client_ca, direct_tls_port=tls_port)
+    result.assert_ok()
     with open_capture(capture) as reader:
         records = list(reader)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]
@@ -210,23 +205,8 @@ async def test_scram_through_interception_works_and_its_proof_is_not_recorded(
         f"{server.host}:{server.c2s_port}",
         ("--record", str(capture), "--upstream-ca", str(server_ca), "-q"),
     )
-    proxy.start()
-    try:
-        result = await trio.to_thread.run_sync(
-            functools.partial(
-                run_chat_scenario,
-                "127.0.0.1",
-                proxy.port,
-                server.domain,
-                server.users,
-                tls_ca=client_ca,
-                mechanism="SCRAM-SHA-1",
-            )
-        )
-        result.assert_ok()
-    finally:
-        proxy.stop()
-        proxy.kill()
+    result = await chat(server, proxy, client_ca, mechanism="SCRAM-SHA-1")
+    result.assert_ok()
     with open_capture(capture) as reader:
         records = list(reader)
     stanzas = [r.event for r in records if isinstance(r.event, Stanza)]
@@ -299,23 +279,8 @@ async def test_a_direct_tls_client_reaches_a_starttls_only_port(
             *("--record", str(capture), "-q"),
         ),
     )
-    proxy.start()
-    try:
-        result = await trio.to_thread.run_sync(
-            functools.partial(
-                run_chat_scenario,
-                "127.0.0.1",
-                tls_port,
-                server.domain,
-                server.users,
-                tls_ca=client_ca,
-                direct_tls=True,
-            )
-        )
-        result.assert_ok()
-    finally:
-        proxy.stop()
-        proxy.kill()
+    result = await chat(server, proxy, client_ca, direct_tls_port=tls_port)
+    result.assert_ok()
     with open_capture(capture) as reader:
         records = list(reader)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]

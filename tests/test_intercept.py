@@ -250,12 +250,15 @@ async def play_starttls_server(server: trio.abc.Stream, context: ssl.SSLContext)
     return inside
 
 
-async def test_strip_hides_starttls_and_encrypts_to_the_server_in_the_clients_place() -> None:
-    real_server, proxy_trusts_server, _, _ = contexts()
-    client, relay_client = trio.testing.memory_stream_pair()
-    server, relay_server = trio.testing.memory_stream_pair()
-    sink = Records()
-    relay, asked = starttls_relay(proxy_trusts_server, sink, relay_server)
+async def chat_with_starttls_server(
+    relay: Relay,
+    relay_client: trio.abc.Stream,
+    client: trio.abc.Stream,
+    server: trio.abc.Stream,
+    real_server: ssl.SSLContext,
+) -> tuple[bytes, bytes]:
+    """A client that sends its header and one stanza, then closes, through ``relay`` to a server
+    that requires STARTTLS; returns what the client saw and what the server got inside TLS."""
     inside = b""
 
     async def server_side() -> None:
@@ -267,13 +270,24 @@ async def test_strip_hides_starttls_and_encrypts_to_the_server_in_the_clients_pl
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay.handle, relay_client, "test-client")
             nursery.start_soon(server_side)
-            await client.send_all(HEADER_C)  # a plaintext client that never heard of STARTTLS
+            await client.send_all(HEADER_C)
             seen = await receive_until(client, b"</stream:features>")
             await client.send_all(SECRET)
             seen += await receive_until(client, REPLY)
             await client.send_all(b"</stream:stream>")
             seen += await receive_until(client, b"</stream:stream>")
             await client.aclose()
+    return seen, inside
+
+
+async def test_strip_hides_starttls_and_encrypts_to_the_server_in_the_clients_place() -> None:
+    real_server, proxy_trusts_server, _, _ = contexts()
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+    sink = Records()
+    relay, asked = starttls_relay(proxy_trusts_server, sink, relay_server)
+    # a plaintext client that never heard of STARTTLS
+    seen, inside = await chat_with_starttls_server(relay, relay_client, client, server, real_server)
     # the client saw one stream: the server's stream from inside TLS, without -PLUS
     assert (
         seen
@@ -342,24 +356,7 @@ async def test_a_direct_tls_client_reaches_a_starttls_server() -> None:
     client = trio.SSLStream(
         client_raw, client_trusts_proxy, server_hostname="example.test", https_compatible=True
     )
-    inside = b""
-
-    async def server_side() -> None:
-        nonlocal inside
-        inside = await play_starttls_server(server, real_server)
-
-    seen = b""
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(relay.handle, relay_client, "test-client")
-            nursery.start_soon(server_side)
-            await client.send_all(HEADER_C)
-            seen = await receive_until(client, b"</stream:features>")
-            await client.send_all(SECRET)
-            seen += await receive_until(client, REPLY)
-            await client.send_all(b"</stream:stream>")
-            seen += await receive_until(client, b"</stream:stream>")
-            await client.aclose()
+    seen, inside = await chat_with_starttls_server(relay, relay_client, client, server, real_server)
     assert seen.startswith(HEADER_S2) and b"starttls" not in seen and b"-PLUS" not in seen
     assert inside == HEADER_C + SECRET + b"</stream:stream>"
     (started,) = sink.events(TlsStarted)
