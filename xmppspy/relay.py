@@ -205,10 +205,9 @@ class TlsSetup:
     """For direct-TLS clients: picks the certificate by SNI, ``domain`` when there is none."""
 
 
-def tls_facts(
-    stream: trio.SSLStream[trio.abc.Stream], verified: bool, *, stripped: bool = False
-) -> TlsStarted:
+def tls_facts(stream: trio.SSLStream[trio.abc.Stream], *, stripped: bool = False) -> TlsStarted:
     """What a person wants to know about the TLS session with the server."""
+    verified = stream.context.verify_mode != ssl.CERT_NONE  # a failed check ends the handshake
     der = stream.getpeercert(binary_form=True) or b""
     fingerprint = hashlib.sha256(der).hexdigest()
     cert = stream.getpeercert() if verified else {}
@@ -286,8 +285,7 @@ class Relay:
                 self._emit(stats.conn, [Connected(client_name, self.config.upstream)])
                 direct = isinstance(upstream, trio.SSLStream)
                 if isinstance(upstream, trio.SSLStream):  # direct TLS (XEP-0368) on both sides
-                    verified = upstream.context.verify_mode != ssl.CERT_NONE
-                    self._emit(stats.conn, [tls_facts(upstream, verified)])
+                    self._emit(stats.conn, [tls_facts(upstream)])
                 session = Session(
                     max_stanza_size=self.config.max_stanza_size,
                     show_secrets=self.config.show_secrets,
@@ -378,7 +376,7 @@ class Relay:
                 f"the client refused xmppspy's certificate for {domain} ({_why(exc)}): "
                 "make it trust xmppspy's CA (xmppspy ca)"
             ) from exc
-        started = tls_facts(server_side, tls.upstream_context.verify_mode != ssl.CERT_NONE)
+        started = tls_facts(server_side)
         self._emit(stats.conn, session.tls_established(started))
         return client_side, server_side
 
@@ -451,9 +449,7 @@ class Relay:
                         await client.send_all(stream_error(f"xmppspy: {exc}"))
                     raise _PeerGone(str(exc)) from exc
                 assert isinstance(upstream, trio.SSLStream)
-                verified = upstream.context.verify_mode != ssl.CERT_NONE
-                stripped = not isinstance(client, trio.SSLStream)
-                started = tls_facts(upstream, verified, stripped=stripped)
+                started = tls_facts(upstream, stripped=not isinstance(client, trio.SSLStream))
                 self._emit(stats.conn, session.tls_established(started))
                 await _send(upstream, session.take_injected(), "server")
         return upstream
