@@ -13,6 +13,7 @@ from xmppspy.events import (
     Connected,
     Direction,
     Disconnected,
+    Kind,
     Opaque,
     OpaqueReason,
     ParseError,
@@ -211,6 +212,52 @@ async def test_a_full_view_channel_drops_view_records_but_never_capture_records(
     async with receive:
         first = receive.receive_nowait()
     assert isinstance(first.event, Connected)
+
+
+async def test_the_view_is_bounded_by_bytes_not_only_by_count() -> None:
+    """Big stanzas for a terminal that does not keep up: memory stays near the byte budget."""
+    send, receive = trio.open_memory_channel[Record](1000)
+    view = ChannelSink(send, lambda record: record, max_bytes=300_000)
+    capture = ListSink()
+    h = Harness(capture)
+    h.relay.sink = FanOut([capture, view])
+    big = b"".join(
+        b"<message id='m%d'><body>%s</body></message>" % (i, b"x" * 100_000) for i in range(20)
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.relay.handle, h.relay_client, "test-client")
+        await h.client.send_all(HEADER_C + big)
+        await receive_exactly(h.server, len(HEADER_C + big))
+        await h.client.send_eof()
+        await h.server.send_eof()
+    assert len(capture.events(Stanza)) == 20  # the capture gets everything, always
+    assert view.queued <= 300_000
+    waiting = []
+    while True:
+        try:
+            waiting.append(receive.receive_nowait())
+        except trio.WouldBlock:
+            break
+    stanzas = [r for r in waiting if isinstance(r.event, Stanza)]
+    assert 1 <= len(stanzas) <= 3
+    assert view.take_dropped() == 20 - len(stanzas)
+    for record in waiting:  # the consumer catches up: room again
+        view.done(record)
+    assert view.queued == 0
+    view.accept(capture.records[-1:])
+    assert view.queued > 0 and view.take_dropped() == 0
+
+
+def test_one_record_larger_than_the_budget_still_reaches_an_idle_view() -> None:
+    send, receive = trio.open_memory_channel[Record](10)
+    view = ChannelSink(send, lambda record: record, max_bytes=1000)
+    raw = b"<x>" + b"y" * 5000 + b"</x>"
+    huge = Record(
+        0.0, "c1", Stanza(Direction.C2S, raw, Kind.OTHER, "x", None, None, None, None, None)
+    )
+    view.accept([huge, huge])
+    assert receive.receive_nowait() is huge
+    assert view.take_dropped() == 1
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64 * 1024])

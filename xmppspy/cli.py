@@ -800,6 +800,8 @@ async def _show(
                     break
             try:
                 await trio.to_thread.run_sync(render, batch, sink.take_dropped())
+                for shown in batch:
+                    sink.done(shown.record)
             except ViewGone:
                 _silence_stdout()
                 err.print("xmppspy: stdout was closed: nothing more is shown; relaying goes on")

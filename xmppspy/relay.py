@@ -26,8 +26,14 @@ from xmppspy.events import (
     Direction,
     Disconnected,
     Event,
+    Keepalive,
+    Opaque,
+    ParseError,
     Record,
+    Rewritten,
     Stanza,
+    StreamClosed,
+    StreamOpened,
     TlsStarted,
 )
 from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE
@@ -39,6 +45,8 @@ READ_SIZE = 64 * 1024
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 """Resource exhaustion: wait and accept again rather than stop serving everyone."""
 CONNECT_TIMEOUT = 10.0
+VIEW_BYTES = 16 * 1024 * 1024
+"""The wire bytes the view may have waiting: a slow terminal must not hold a stream's worth."""
 REFUSE_TIMEOUT = 2.0
 
 
@@ -91,32 +99,64 @@ class FanOut:
 class ChannelSink(Generic[T]):
     """Hands what ``select`` makes of each record to a slower consumer (the view), never waiting.
 
-    When the channel is full the item is dropped and counted: the relay goes on, the view says
-    how many it skipped, and the capture (a separate sink) still gets every record.
+    When the channel is full, or the records waiting hold ``max_bytes`` (1 MiB stanzas fill
+    memory long before the channel's count does), the item is dropped and counted: the relay
+    goes on, the view says how many it skipped, and the capture (a separate sink) still gets
+    every record. The consumer calls ``done`` for each record it has finished with.
     """
 
     def __init__(
-        self, channel: trio.MemorySendChannel[T], select: Callable[[Record], T | None]
+        self,
+        channel: trio.MemorySendChannel[T],
+        select: Callable[[Record], T | None],
+        *,
+        max_bytes: int = VIEW_BYTES,
     ) -> None:
         self.channel = channel
         self.select = select
+        self.max_bytes = max_bytes
+        self.queued = 0
+        """Bytes of the records handed over and not yet ``done``."""
         self.dropped = 0
 
     def accept(self, records: Sequence[Record]) -> None:
         select, send = self.select, self.channel.send_nowait
         for record in records:
             item = select(record)
-            if item is not None:
-                try:
-                    send(item)
-                except trio.WouldBlock:
-                    self.dropped += 1
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return  # the view has stopped; the relay does not care
+            if item is None:
+                continue
+            size = record_bytes(record)
+            if self.queued and self.queued + size > self.max_bytes:
+                self.dropped += 1  # one record larger than the budget still goes, alone
+                continue
+            try:
+                send(item)
+            except trio.WouldBlock:
+                self.dropped += 1
+                continue
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return  # the view has stopped; the relay does not care
+            self.queued += size
+
+    def done(self, record: Record) -> None:
+        """The consumer has finished with this record: its bytes no longer count."""
+        self.queued -= record_bytes(record)
 
     def take_dropped(self) -> int:
         dropped, self.dropped = self.dropped, 0
         return dropped
+
+
+def record_bytes(record: Record) -> int:
+    """What a record keeps alive, roughly: the bytes it carries, and a little for itself."""
+    match record.event:
+        case StreamOpened() | Stanza() | Keepalive() | StreamClosed() | ParseError() | Opaque():
+            size = len(record.event.raw)
+        case Rewritten():
+            size = len(record.event.sent)
+        case _:
+            size = 0
+    return size + 256
 
 
 @dataclass(frozen=True)
