@@ -70,8 +70,18 @@ class _Violation(Exception):
         self.at = at
 
 
-def _sniff(first_bytes: bytes) -> str | None:
+def _sniff(direction: Direction, first_bytes: bytes) -> str | None:
     """Name the protocol a peer speaks instead of XMPP, from its first bytes."""
+    if direction is Direction.S2C:
+        if first_bytes[:1] in (b"\x15", b"\x16"):  # a TLS alert or handshake record
+            return (
+                "this is TLS, not XML: the server expects direct TLS on this port (give it as "
+                "--upstream-tls with --listen-tls, or give --upstream its STARTTLS port, "
+                "usually 5222)"
+            )
+        if first_bytes.startswith(b"HTTP/"):
+            return "this is an HTTP response, not an XMPP stream: the upstream is a web server"
+        return None
     if first_bytes[:1] == b"\x16":
         return (
             "this is a TLS handshake, not XML: the peer expects direct TLS on this port "
@@ -80,6 +90,23 @@ def _sniff(first_bytes: bytes) -> str | None:
     if re.match(rb"(GET|POST|PUT|HEAD|OPTIONS|CONNECT|DELETE|PATCH|TRACE) ", first_bytes):
         return "this is an HTTP request, not an XMPP stream"
     return None
+
+
+_INVALID_TOKEN = expat.errors.codes[expat.errors.XML_ERROR_INVALID_TOKEN]
+
+
+def _invalid_token(raw: bytes | bytearray, index: int) -> str:
+    """expat's "not well-formed (invalid token)" says nothing of the usual causes: name them."""
+    bad = raw[index : index + 4]
+    if bad[:1] == b"\x00":
+        return "a NUL byte (XML does not allow it)"
+    if bad[:1] >= b"\x80":
+        try:
+            bad.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start == 0 and exc.reason != "unexpected end of data":
+                return f"invalid UTF-8 (byte 0x{bad[0]:02x})"
+    return "not well-formed (invalid token)"
 
 
 def _clark(expat_name: str) -> str:
@@ -246,8 +273,11 @@ class StreamParser:
             at = exc.at if exc.at is not None else self._expat_base + self._expat.CurrentByteIndex
             self._fail(str(exc), at)
         except expat.ExpatError as exc:
+            at = self._expat_base + self._expat.ErrorByteIndex
             reason = expat.errors.messages[exc.code] if exc.code else str(exc)
-            self._fail(reason, self._expat_base + self._expat.ErrorByteIndex)
+            if exc.code == _INVALID_TOKEN:
+                reason = _invalid_token(self._buf, at - self._buf_start)
+            self._fail(reason, at)
         else:
             self._end_of_feed()
         return self._done(events)
@@ -322,7 +352,7 @@ class StreamParser:
         raw = self._take_unemitted()
         offset = self._emitted
         if offset == 0:
-            reason = _sniff(raw) or reason
+            reason = _sniff(self.direction, raw) or reason
         self.state = State.OPAQUE
         self._opaque_reason = OpaqueReason.AFTER_ERROR
         self._emitted = self._parsed = self._fed
