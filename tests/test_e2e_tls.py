@@ -289,3 +289,31 @@ async def test_a_direct_tls_client_reaches_a_starttls_only_port(
     assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
     assert not any(isinstance(r.event, Opaque) for r in records)
     assert f"relaying to {server.host}:{server.c2s_port} with STARTTLS" in proxy.stderr()
+
+
+async def test_an_upstream_that_is_a_direct_tls_port_is_named(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """A common mistake: --upstream given Prosody's direct-TLS port. The view says so."""
+    server, _ = tls_server
+    proxy = ProxyProcess(tmp_path, f"{server.host}:{server.c2s_direct_tls_port}", ())
+    proxy.start()
+    try:
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+            await stream.send_all(
+                b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' "
+                b"version='1.0'>"
+            )
+            answer = b""
+            while chunk := await stream.receive_some():
+                answer += chunk
+            await stream.aclose()
+    finally:
+        proxy.stop()
+        proxy.kill()
+    assert answer == b""  # Prosody hangs up on plaintext without a word
+    assert "the server closed the connection without sending anything" in proxy.stdout()
+    assert "give it as --upstream-tls" in proxy.stdout()
+    assert "Traceback" not in proxy.stdout() + proxy.stderr()

@@ -234,3 +234,23 @@ def test_whatever_the_server_sends_the_client_gets_it_unchanged_or_only_after_tl
     else:  # (an unasked-for <proceed/> after giving up is the client's business)
         session.close(S)
         assert to_client + session.release(S) == data[:fed]
+
+
+def test_a_server_that_hangs_up_without_a_byte_gets_a_hint_once() -> None:
+    """Prosody's direct-TLS port closes on a plaintext header without answering."""
+    session = Session()
+    session.feed(C, HEADER_C)
+    (notice,) = [e for e in session.close(S) if isinstance(e, Notice)]
+    assert "without sending anything" in notice.text and "--upstream-tls" in notice.text
+    assert session.close(S) == []  # the relay may close a direction twice
+
+
+def test_no_hint_when_the_server_spoke_or_the_client_did_not() -> None:
+    spoke = Session()
+    spoke.feed(C, HEADER_C)
+    spoke.feed(S, HEADER_S)
+    assert not any(isinstance(e, Notice) for e in spoke.close(S))
+    assert not any(isinstance(e, Notice) for e in Session().close(S))
+    direct = Session(direct_tls=True)
+    direct.feed(C, HEADER_C)
+    assert not any(isinstance(e, Notice) for e in direct.close(S))

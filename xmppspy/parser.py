@@ -235,6 +235,11 @@ class StreamParser:
         return events
 
     @property
+    def fed(self) -> int:
+        """Bytes fed so far, over the whole stream."""
+        return self._fed
+
+    @property
     def pending(self) -> int:
         """Bytes fed but not yet part of any event (an incomplete element)."""
         return self._fed - self._emitted

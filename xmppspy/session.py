@@ -36,7 +36,7 @@ from xmppspy.events import (
     WireEvent,
 )
 from xmppspy.namespaces import BIND, TLS
-from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE, StreamParser
+from xmppspy.parser import DEFAULT_MAX_STANZA_SIZE, State, StreamParser
 from xmppspy.redact import UnparsedScrubber, mechanism, redact
 
 _MECHANISM = re.compile(rb"<mechanism>\s*([A-Za-z0-9_-]{1,40})\s*</mechanism>\s*")
@@ -44,6 +44,10 @@ _BIND = "{" + BIND + "}bind"
 _BIND_JID = "{" + BIND + "}jid"
 _STARTTLS = "{" + TLS + "}starttls"
 STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+SILENT_SERVER = (
+    "the server closed the connection without sending anything; if that port is for direct TLS "
+    "(often 5223), give it as --upstream-tls, with --listen-tls for the clients"
+)
 
 
 class Upgrade(enum.Enum):
@@ -286,8 +290,22 @@ class Session:
         return [started, *restarted]
 
     def close(self, direction: Direction) -> list[Event]:
-        """That direction ended: report what it left unfinished (see ``StreamParser.close``)."""
-        return [self._scrub(event) for event in self.parsers[direction].close()]
+        """That direction ended: report what it left unfinished (see ``StreamParser.close``).
+
+        A server that hangs up on a client's header without a byte is often a direct-TLS port
+        given as a plaintext one, and nothing else would say so."""
+        parser = self.parsers[direction]
+        silent = (
+            direction is Direction.S2C
+            and not self.tls
+            and parser.state is not State.CLOSED
+            and parser.fed == 0
+            and self.parsers[Direction.C2S].fed > 0
+        )
+        events: list[Event] = [self._scrub(event) for event in parser.close()]
+        if silent:
+            events.append(Notice(SILENT_SERVER))
+        return events
 
     def _scrub(self, event: WireEvent) -> WireEvent:
         """Unparsed client bytes before authentication may hold a password: hide them."""
