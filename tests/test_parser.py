@@ -629,6 +629,22 @@ def test_restart_with_complete_stanzas_held() -> None:
     assert parser.state is State.STREAM
 
 
+def test_a_tls_restart_reports_held_bytes_instead_of_parsing_them() -> None:
+    """Bytes read after <proceed/> came before TLS: they cannot start the stream inside it."""
+    parser = StreamParser(S2C, pause_after=[Kind.PROCEED])
+    fed = s.SERVER_HEADER_1 + s.PROCEED + s.SERVER_HEADER_2 + s.FEATURES_2[:30]
+    events = parser.feed(fed)
+    assert kinds_of(events) == ["open", "tls:proceed"]
+    (stray,) = parser.restart(tls=True)
+    assert isinstance(stray, Opaque) and stray.reason is OpaqueReason.BEFORE_TLS
+    assert stray.raw == s.SERVER_HEADER_2 + s.FEATURES_2[:30]
+    assert parser.pending == 0 and parser.state is State.HEADER
+    inside = s.XML_DECLARATION + s.SERVER_HEADER_2 + s.FEATURES_2
+    after = parser.feed(inside)
+    assert kinds_of(after) == ["restart", "stream:features"]
+    assert b"".join(e.raw for e in [*events, stray, *after]) == fed + inside
+
+
 def test_restart_with_nothing_held() -> None:
     parser = StreamParser(S2C, pause_after=[Kind.SASL_SUCCESS])
     parser.feed(s.SERVER_HEADER_1 + s.SUCCESS)

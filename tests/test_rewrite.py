@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xmppspy.events import Direction, Rewritten, Stanza, TlsStarted
+from xmppspy.events import Direction, Opaque, OpaqueReason, Rewritten, Stanza, TlsStarted
 from xmppspy.session import Session
 
 C, S = Direction.C2S, Direction.S2C
@@ -96,3 +96,23 @@ def test_without_interception_or_a_limit_nothing_is_rewritten_or_held() -> None:
     sent, events = pass_through(session, [HEADER_S + FEATURES[:30], FEATURES[30:]])
     assert sent == HEADER_S + FEATURES
     assert not any(isinstance(e, Rewritten) for e in events)
+
+
+def test_bytes_after_proceed_never_reach_the_tls_stream() -> None:
+    """A server (or someone on its path) sending plaintext after <proceed/>: those bytes go to
+    the client as they came, before TLS, and are not parsed as the stream inside TLS
+    (the STARTTLS injection of CVE-2011-0411)."""
+    injected = b"<message><body>injected</body></message>"
+    session = Session(intercept_tls=True, sasl_mechanisms=["PLAIN"])
+    session.feed(C, HEADER_C)
+    session.feed(S, HEADER_S + PROCEED + injected)
+    assert session.forward(S, HEADER_S + PROCEED + injected) == HEADER_S + PROCEED + injected
+    events = session.tls_established(TlsStarted(S, intercepted=True))
+    (stray,) = [e for e in events if isinstance(e, Opaque)]
+    assert stray.raw == injected and stray.reason is OpaqueReason.BEFORE_TLS
+    session.feed(C, HEADER_C)
+    sent, events = pass_through(session, [HEADER_S + FEATURES])
+    assert sent == HEADER_S + FEATURES.replace(
+        b"<mechanism>SCRAM-SHA-1-PLUS</mechanism>", b""
+    ).replace(b"<mechanism>SCRAM-SHA-1</mechanism>", b"")
+    assert not any(isinstance(e, Stanza) and e.kind.value == "message" for e in events)

@@ -15,6 +15,8 @@ from xmppspy.events import (
     Direction,
     Event,
     Notice,
+    Opaque,
+    OpaqueReason,
     ParseError,
     Rewritten,
     Stanza,
@@ -254,3 +256,17 @@ def test_no_hint_when_the_server_spoke_or_the_client_did_not() -> None:
     direct = Session(direct_tls=True)
     direct.feed(C, HEADER_C)
     assert not any(isinstance(e, Notice) for e in direct.close(S))
+
+
+def test_bytes_after_proceed_are_recorded_as_before_tls_and_never_sent() -> None:
+    session = upgrading()
+    session.feed(C, HEADER_C)
+    session.forward(C, HEADER_C)
+    server_sends(session, HEADER_S + OFFER)
+    session.take_injected()
+    junk = b"<message><body>injected</body></message>"
+    assert server_sends(session, PROCEED + junk)[0] == b""
+    events = session.tls_established(STARTED)
+    (stray,) = [e for e in events if isinstance(e, Opaque)]
+    assert stray.raw == junk and stray.reason is OpaqueReason.BEFORE_TLS
+    assert server_sends(session, HEADER_S2 + NO_OFFER)[0] == HEADER_S2 + NO_OFFER

@@ -64,6 +64,8 @@ class OpaqueReason(enum.Enum):
 
     TLS = "tls"
     AFTER_ERROR = "after-error"
+    BEFORE_TLS = "before-tls"
+    """Read after STARTTLS was agreed and before TLS began: part of neither stream."""
 
 
 @dataclass(frozen=True)

@@ -186,15 +186,21 @@ class StreamParser:
             return events
         return self._parse(data)
 
-    def restart(self) -> list[WireEvent]:
+    def restart(self, *, tls: bool = False) -> list[WireEvent]:
         """Expect a new stream header (after STARTTLS or SASL success), parsing held bytes.
 
-        A direction that failed stays opaque: its bytes are shown raw from the error on.
+        After STARTTLS (``tls``) the held bytes came before TLS and cannot belong to the new
+        stream: they are reported as ``Opaque`` (``BEFORE_TLS``), not parsed. A direction that
+        failed stays opaque: its bytes are shown raw from the error on.
         """
         if self.state is State.OPAQUE:
             return []
         trailing = self._take_unemitted()
         self.state = State.HEADER
+        if trailing and tls:
+            self._emitted = self._buf_start = self._fed
+            self._new_expat()
+            return [Opaque(self.direction, trailing, OpaqueReason.BEFORE_TLS)]
         self._new_expat()
         if not trailing:
             return []

@@ -172,7 +172,14 @@ class View:
             case Opaque():
                 if event.reason is OpaqueReason.TLS:
                     return head + Text(f"{_bytes(len(event.raw))} encrypted", "dim")
-                head.append(f"{_bytes(len(event.raw))} relayed, not parsed", "red")
+                if event.reason is OpaqueReason.BEFORE_TLS:
+                    head.append(
+                        f"{_bytes(len(event.raw))} after STARTTLS and before TLS: part of neither "
+                        "stream",
+                        "red",
+                    )
+                else:
+                    head.append(f"{_bytes(len(event.raw))} relayed, not parsed", "red")
                 if event.redacted:
                     head.append("  (secrets redacted)", "yellow")
                 body = Text(_excerpt(event.raw, None if self.raw else EXCERPT), "dim")

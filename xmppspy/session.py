@@ -153,7 +153,10 @@ class Session:
         if not (self._gating or self._held):
             return data
         buffered = self._held + data
-        cut = len(buffered) - self.parsers[Direction.S2C].pending if self._gating else len(buffered)
+        # After <proceed/> nothing more is features: bytes the server sent after it go out as
+        # they came (never held into the TLS stream that follows, which would inject them).
+        gating = self._gating and not self.tls_pending
+        cut = len(buffered) - self.parsers[Direction.S2C].pending if gating else len(buffered)
         ready, self._held = buffered[:cut], buffered[cut:]
         for original, rewritten in self._rewrites:
             ready = ready.replace(original, rewritten, 1)
@@ -285,8 +288,10 @@ class Session:
                 self._client_header,
                 "sent the client's stream header again, inside TLS",
             )
-            return [started, *self.parsers[Direction.S2C].restart(), resent]
-        restarted = self.parsers[Direction.S2C].restart() + self.parsers[Direction.C2S].restart()
+            return [started, *self.parsers[Direction.S2C].restart(tls=True), resent]
+        restarted = self.parsers[Direction.S2C].restart(tls=True) + self.parsers[
+            Direction.C2S
+        ].restart(tls=True)
         return [started, *restarted]
 
     def close(self, direction: Direction) -> list[Event]:
@@ -314,7 +319,7 @@ class Session:
             or self.authenticated
             or event.dir is not Direction.C2S
             or not isinstance(event, ParseError | Opaque)
-            or (isinstance(event, Opaque) and event.reason is not OpaqueReason.AFTER_ERROR)
+            or (isinstance(event, Opaque) and event.reason is OpaqueReason.TLS)
         ):
             return event
         raw = self._scrubber.scrub(event.raw)
