@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import errno
+import io
+import os
 import stat
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import orjson
 import pytest
 
 from xmppspy.capture import (
+    RETRY_SECONDS,
     CaptureError,
     CaptureWriter,
     create_capture_file,
@@ -21,6 +25,8 @@ from xmppspy.events import (
     Connected,
     Direction,
     Disconnected,
+    Kind,
+    Notice,
     Opaque,
     OpaqueReason,
     ParseError,
@@ -182,12 +188,128 @@ def test_stanza_lines_carry_fields_for_jq() -> None:
 def test_disk_full_warns_once_and_keeps_going(tmp_path: Path) -> None:
     warnings: list[str] = []
     with Path("/dev/full").open("wb", buffering=0) as full:
-        writer = CaptureWriter(full, {}, warnings.append)
+        writer = CaptureWriter(full, {}, warnings.append, clock=lambda: 0.0)
         writer.accept([Record(1.0, "c1", Opaque(Direction.C2S, b"x", OpaqueReason.TLS))])
         writer.accept([Record(2.0, "c1", ParseError(Direction.C2S, b"y", 0, 0, "bad"))])
     assert len(warnings) == 1
     assert "No space left on device" in warnings[0]
     assert isinstance(writer.failed, OSError)
+    assert writer.lost == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def numbered(first: int, count: int) -> list[Record]:
+    return [
+        Record(
+            float(i),
+            "c1",
+            Stanza(
+                Direction.C2S,
+                b"<presence id='%d'/>" % i,
+                Kind.PRESENCE,
+                "{jabber:client}presence",
+                None,
+                None,
+                None,
+                str(i),
+                None,
+            ),
+        )
+        for i in range(first, first + count)
+    ]
+
+
+def fill_disk(fd: int) -> None:
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, fd)
+    os.close(full)
+
+
+def free_disk(fd: int, path: Path) -> None:
+    again = os.open(path, os.O_WRONLY)  # no O_TRUNC: the file as it was
+    os.dup2(again, fd)
+    os.close(again)
+
+
+def test_a_capture_resumes_when_the_disk_has_room_again_and_marks_the_gap(tmp_path: Path) -> None:
+    path = tmp_path / "capture.jsonl"
+    handle = create_capture_file(path)
+    clock, warnings = Clock(), []
+    writer = CaptureWriter(handle, {}, warnings.append, clock=clock)
+    writer.accept(numbered(0, 3))
+    fill_disk(handle.fileno())
+    writer.accept(numbered(3, 2))
+    writer.accept(numbered(5, 1))
+    free_disk(handle.fileno(), path)
+    writer.accept(numbered(6, 1))  # too soon: not tried yet, counted as lost
+    clock.now = RETRY_SECONDS
+    writer.accept(numbered(7, 2))
+    writer.close()
+    with open_capture(path) as reader:
+        records = list(reader)
+    assert not reader.truncated and reader.lost == 4
+    ids = [r.event.id if isinstance(r.event, Stanza) else r.conn for r in records]
+    assert ids == ["0", "1", "2", "-", "7", "8"]
+    (gap,) = [r.event for r in records if isinstance(r.event, Notice)]
+    assert gap.text == "the capture lost 4 events here: No space left on device"
+    assert warnings[0].startswith("capture stopped, the proxy goes on: No space left on device")
+    assert warnings[1:] == ["capture resumed; 4 events were lost, and the file says where"]
+    assert writer.written == 5 and writer.lost == 0
+
+
+class ShortWrites(io.FileIO):
+    """A disk that fills up in the middle of a write: a short write, then ENOSPC."""
+
+    full = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if not self.full:
+            return super().write(data)
+        if not getattr(self, "_short_done", False):
+            self._short_done = True
+            return super().write(memoryview(data)[:25])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_half_written_line_is_cut_before_writing_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "capture.jsonl"
+    handle = ShortWrites(path, "w")
+    clock = Clock()
+    writer = CaptureWriter(handle, {}, lambda message: None, clock=clock)
+    writer.accept(numbered(0, 2))
+    handle.full = True
+    writer.accept(numbered(2, 2))  # 25 bytes of it reach the file
+    assert path.read_bytes().count(b"\n") == 3  # the header and two lines, then half a line
+    handle.full = False
+    clock.now = RETRY_SECONDS
+    writer.accept(numbered(4, 1))
+    writer.close()
+    with open_capture(path) as reader:
+        records = list(reader)
+    assert [r.conn for r in records] == ["c1", "c1", "-", "c1"]
+    assert reader.lost == 2 and not reader.truncated
+
+
+def test_a_capture_whose_header_failed_gets_it_when_writing_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "capture.jsonl"
+    handle = create_capture_file(path)
+    fill_disk(handle.fileno())
+    clock = Clock()
+    writer = CaptureWriter(handle, {"upstream": "x"}, lambda message: None, clock=clock)
+    writer.accept(numbered(0, 1))
+    free_disk(handle.fileno(), path)
+    writer.close()  # tries once more at the end, whatever the clock says
+    with open_capture(path) as reader:
+        records = list(reader)
+    assert reader.header.meta["upstream"] == "x"
+    assert [r.conn for r in records] == ["-"] and reader.lost == 1
 
 
 def test_tls_facts_and_rewrites_read_back(tmp_path: Path) -> None:

@@ -211,39 +211,107 @@ def create_capture_file(path: Path) -> IO[bytes]:
     return os.fdopen(fd, "wb", buffering=0)
 
 
+RETRY_SECONDS = 5.0
+"""How often a capture whose writes fail (a full disk) tries again."""
+GAP_CONN = "-"
+"""The ``conn`` of the notice that marks lost records: it belongs to no one connection."""
+
+
 class CaptureWriter:
     """Writes records as capture lines, one write per batch, so each batch is on disk at once.
 
-    A failed write (disk full, file gone) does not stop the proxy: the writer reports it once
-    through ``warn`` and drops later records.
+    A failed write (disk full, file gone) does not stop the proxy: the writer warns once and
+    counts what it cannot write. Every ``RETRY_SECONDS`` it tries again; when a write goes
+    through, it first cuts any half-written line and records a notice saying how many records
+    were lost there (``"lost"`` in the line), so that the file reads back whole and says where
+    it has a hole. ``close`` tries once more, so that a capture ends with its mark if it can.
     """
 
-    def __init__(self, out: IO[bytes], meta: dict[str, Any], warn: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        out: IO[bytes],
+        meta: dict[str, Any],
+        warn: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._out = out
         self._warn = warn
+        self._clock = clock
         self.failed: OSError | None = None
         self.written = 0
-        self._write(encode_header(meta))
+        self.lost = 0
+        """Records not written since the last failure (they are marked once writing resumes)."""
+        self._size = 0
+        """Bytes of whole lines in the file: where a half-written line is cut back to."""
+        self._partial = False
+        self._retry_at = 0.0
+        header = encode_header(meta)
+        self._unwritten_header = b"" if self._write(header) else header
 
     def accept(self, records: Sequence[Record]) -> None:
-        if not records or self.failed is not None:
+        if not records:
+            return
+        if self.failed is not None and not self._resume(force=False):
+            self.lost += len(records)
             return
         if self._write(b"".join(encode_record(record) for record in records)):
             self.written += len(records)
+        else:
+            self.lost += len(records)
 
-    def _write(self, data: bytes) -> bool:
+    def _resume(self, *, force: bool) -> bool:
+        """After a failure: cut a half-written line, mark the gap, and go on, if the file lets."""
+        if not force and self._clock() < self._retry_at:
+            return False
         try:
-            view = memoryview(data)
+            if self._partial:
+                os.ftruncate(self._out.fileno(), self._size)
+            self._out.seek(self._size)  # right after the last whole line, whatever happened
+        except (OSError, ValueError):  # not a regular file (a pipe): it cannot be rewound
+            if self._partial:  # and a half line cannot be cut: stop for good
+                self._retry_at = float("inf")
+                return False
+        self._partial = False
+        if self._unwritten_header:
+            if not self._write(self._unwritten_header, warn=False):
+                return False
+            self._unwritten_header = b""
+        error = self.failed
+        assert error is not None
+        why = error.strerror or str(error)
+        gap = Record(
+            time.time(), GAP_CONN, Notice(f"the capture lost {self.lost} events here: {why}")
+        )
+        if not self._write(encode_record(gap, {"lost": self.lost}), warn=False):
+            return False
+        self._warn(f"capture resumed; {self.lost} events were lost, and the file says where")
+        self.lost = 0
+        self.failed = None
+        return True
+
+    def _write(self, data: bytes, *, warn: bool = True) -> bool:
+        view = memoryview(data)
+        try:
             while view:
                 view = view[self._out.write(view) :]
             self._out.flush()
         except OSError as exc:
+            self._partial = self._partial or len(view) < len(data)
+            if self.failed is None and warn:
+                self._warn(
+                    f"capture stopped, the proxy goes on: {exc.strerror or exc}; xmppspy tries "
+                    f"again every {RETRY_SECONDS:g} s and marks what is lost"
+                )
             self.failed = exc
-            self._warn(f"capture stopped, the proxy goes on: {exc.strerror or exc}")
+            self._retry_at = self._clock() + RETRY_SECONDS
             return False
+        self._size += len(data)
         return True
 
     def close(self) -> None:
+        if self.failed is not None and self.lost:
+            self._resume(force=True)
         try:
             self._out.close()
         except OSError as exc:
@@ -261,6 +329,8 @@ class CaptureReader:
     path: Path
     header: CaptureHeader
     truncated: bool = False
+    lost: int = 0
+    """Records the proxy could not write (a full disk), as marked in the file so far."""
     _handle: IO[bytes] | None = field(default=None, repr=False)
     _line: int = field(default=1, repr=False)
     _contexts: dict[tuple[str, Direction], bytes] = field(default_factory=dict, repr=False)
@@ -326,6 +396,7 @@ class CaptureReader:
         if name == "connect":
             return Connected(client=f["client"], upstream=f["upstream"])
         if name == "notice":
+            self.lost += int(f.get("lost", 0))
             return Notice(str(f["text"]))
         if name == "disconnect":
             return Disconnected(
