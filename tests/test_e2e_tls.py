@@ -317,3 +317,25 @@ async def test_an_upstream_that_is_a_direct_tls_port_is_named(
     assert "the server closed the connection without sending anything" in proxy.stdout()
     assert "give it as --upstream-tls" in proxy.stdout()
     assert "Traceback" not in proxy.stdout() + proxy.stderr()
+
+
+async def test_scram_through_strip_works(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """SCRAM-SHA-1 from a plaintext client, inside the TLS xmppspy made with the server."""
+    server, server_ca = tls_server
+    capture = tmp_path / "session.jsonl"
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        ("--tls", "strip", "--upstream-ca", str(server_ca), "--record", str(capture), "-q"),
+    )
+    result = await chat(server, proxy, None, mechanism="SCRAM-SHA-1")
+    result.assert_ok()
+    with open_capture(capture) as reader:
+        records = list(reader)
+    auths = [
+        r.event for r in records if isinstance(r.event, Stanza) and r.event.kind is Kind.SASL_AUTH
+    ]
+    assert len(auths) == 2 and all(b"SCRAM-SHA-1" in a.raw for a in auths)
+    assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)

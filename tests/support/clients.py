@@ -265,8 +265,12 @@ class _Scenario:
             jid,
             password,
             plugin_config={
-                # Only SASL PLAIN, and PLAIN is allowed over an unencrypted stream.
-                "feature_mechanisms": {"unencrypted_plain": True, "use_mech": self.mechanism},
+                # One mechanism, allowed over an unencrypted stream too (--tls strip).
+                "feature_mechanisms": {
+                    "unencrypted_plain": True,
+                    "unencrypted_scram": True,
+                    "use_mech": self.mechanism,
+                },
                 "xep_0199": {"keepalive": False},
             },
             loop=self.loop,
