@@ -14,7 +14,8 @@ from rich.console import Console
 from test_capture import session_records, write
 from typer.testing import CliRunner
 
-from xmppspy.cli import app, parse_address
+from xmppspy.cli import app
+from xmppspy.cli.common import parse_address
 from xmppspy.events import Record
 from xmppspy.render import View
 from xmppspy.selection import Shown

@@ -35,6 +35,7 @@ from support.prosody import free_loopback_ports
 from xmppspy import cli
 from xmppspy import xml as hardened
 from xmppspy.capture import create_capture_file
+from xmppspy.cli import common
 from xmppspy.events import Direction, ParseError, Record, Stanza
 from xmppspy.parser import StreamParser
 from xmppspy.relay import Relay, RelayConfig, tcp_upstream
@@ -60,7 +61,7 @@ def test_listen_defaults_to_loopback() -> None:
     command = group.commands["proxy"]  # type: ignore[attr-defined]
     (option,) = [p for p in command.params if p.name == "listen"]
     assert option.default == default == f"127.0.0.1:{DEFAULT_PORT}"
-    address = cli.parse_address(default, default_port=cli.XMPP_PORT)
+    address = common.parse_address(default, default_port=common.XMPP_PORT)
     assert ipaddress.ip_address(address.host).is_loopback
     assert address.port == DEFAULT_PORT
 
@@ -68,7 +69,7 @@ def test_listen_defaults_to_loopback() -> None:
 def test_an_empty_listen_host_is_refused_not_taken_as_every_interface() -> None:
     for text in (":5222", "[]:5222"):
         with pytest.raises(typer.BadParameter, match="no host"):
-            cli.parse_address(text, default_port=cli.XMPP_PORT)
+            common.parse_address(text, default_port=common.XMPP_PORT)
 
 
 def port_is_free(port: int) -> bool:
