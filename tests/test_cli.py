@@ -14,9 +14,10 @@ from rich.console import Console
 from test_capture import session_records, write
 from typer.testing import CliRunner
 
+from xmppspy.capture import encode_record
 from xmppspy.cli import app
 from xmppspy.cli.common import parse_address
-from xmppspy.events import Record
+from xmppspy.events import Notice, Record
 from xmppspy.render import View
 from xmppspy.selection import Shown
 
@@ -114,6 +115,19 @@ def test_cut_capture_is_shown_and_reported(capture: Path) -> None:
     assert code == 0
     assert "bound as" in out
     assert "ends in a cut line" in err
+
+
+@pytest.mark.parametrize("command", ["replay", "stats"])
+def test_a_capture_with_lost_events_says_so_whatever_the_filter(
+    capture: Path, command: str
+) -> None:
+    """The proxy marks events it could not write (a full disk); both readers tell the person."""
+    gap = Record(2e9, "-", Notice("the capture lost 3 events here: No space left on device"))
+    with capture.open("ab") as handle:
+        handle.write(encode_record(gap, {"lost": 3}))
+    code, _, err = run(command, str(capture), "--kind", "message")
+    assert code == 0
+    assert "lacks 3 events the proxy could not write" in err
 
 
 @pytest.mark.parametrize(

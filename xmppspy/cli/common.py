@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from xmppspy.capture import encode_record
+from xmppspy.capture import CaptureReader, encode_record
 from xmppspy.events import Record
 from xmppspy.filters import ATOMS, Filter, FilterError, make_filter
 from xmppspy.selection import Selector, Shown
@@ -231,6 +231,15 @@ class JsonView:
             sys.stdout.buffer.flush()
         except BrokenPipeError:
             raise ViewGone from None
+
+
+def warn_lost(err: Console, capture: Path, reader: CaptureReader) -> None:
+    """A capture the proxy could not write in full says so, whatever the filters showed."""
+    if reader.lost:
+        err.print(
+            f"[yellow]xmppspy: {escape(str(capture))} lacks {reader.lost} events the proxy "
+            "could not write (a full disk); a notice in the capture marks each gap[/]"
+        )
 
 
 def silence_stdout() -> None:

@@ -17,6 +17,7 @@ from xmppspy.cli.common import (
     consoles,
     fail,
     silence_stdout,
+    warn_lost,
     with_filters,
 )
 from xmppspy.stats import Stats
@@ -51,6 +52,7 @@ def stats(
                     counts.feed(record)
     except CaptureError as exc:
         fail(err, str(exc))
+    warn_lost(err, capture, reader)
     if reader.truncated:
         err.print(
             f"[yellow]xmppspy: {escape(str(capture))} ends in a cut line (the proxy was stopped "
