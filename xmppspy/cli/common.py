@@ -82,9 +82,9 @@ def warn_if_exposed(err: Console, address: Address, what: str) -> None:
         )
 
 
-def consoles(*, color: bool = True) -> tuple[Console, Console]:
+def consoles() -> tuple[Console, Console]:
     """A command's stdout (a ``ViewConsole``) and stderr; no colour when ``NO_COLOR`` is set."""
-    no_color = bool(os.environ.get("NO_COLOR")) or not color
+    no_color = bool(os.environ.get("NO_COLOR"))
     out = ViewConsole(no_color=no_color or None, highlight=False, soft_wrap=False)
     err = Console(stderr=True, no_color=no_color or None, highlight=False, soft_wrap=True)
     return out, err
