@@ -339,3 +339,21 @@ async def test_scram_through_strip_works(
     ]
     assert len(auths) == 2 and all(b"SCRAM-SHA-1" in a.raw for a in auths)
     assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
+
+
+async def test_a_client_that_refuses_xmppspys_certificate_is_explained(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    """A client that trusts only the real server's CA: one line says why, and what to do."""
+    server, server_ca = tls_server
+    proxy = ProxyProcess(
+        tmp_path, f"{server.host}:{server.c2s_port}", ("--upstream-ca", str(server_ca), "-q")
+    )
+    result = await chat(server, proxy, server_ca, timeout=3)
+    assert not result.ok
+    lines = [
+        line for line in proxy.stderr().splitlines() if "refused xmppspy's certificate" in line
+    ]
+    assert lines, proxy.stderr()
+    assert all("for example.test" in line and "(xmppspy ca)" in line for line in lines)
+    assert "Traceback" not in proxy.stderr()
