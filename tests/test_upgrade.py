@@ -256,6 +256,10 @@ def test_no_hint_when_the_server_spoke_or_the_client_did_not() -> None:
     direct = Session(direct_tls=True)
     direct.feed(C, HEADER_C)
     assert not any(isinstance(e, Notice) for e in direct.close(S))
+    done = Session()  # a client that said all it had to say and left first
+    done.feed(C, HEADER_C)
+    done.close(C)
+    assert not any(isinstance(e, Notice) for e in done.close(S))
 
 
 def test_bytes_after_proceed_are_recorded_as_before_tls_and_never_sent() -> None:

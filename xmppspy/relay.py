@@ -275,6 +275,12 @@ def tls_facts(stream: trio.SSLStream[trio.abc.Stream], *, stripped: bool = False
 class _PeerGone(Exception):
     """One side reset or broke the connection; the whole connection ends."""
 
+    def __init__(self, reason: str, ended: Direction | None = None) -> None:
+        super().__init__(reason)
+        self.ended = ended
+        """The direction whose peer ended it (a reset or EOF read), when that is what happened:
+        it is closed first, so the session knows which side left first."""
+
 
 class _ServerTlsFailed(Exception):
     """The TLS handshake with the server failed; the message says why, in one line."""
@@ -313,6 +319,7 @@ class Relay:
         self.connections.append(stats)
         stats.reason = "proxy stopped"
         session: Session | None = None
+        first = Direction.C2S
         try:
             async with client:
                 try:
@@ -339,12 +346,15 @@ class Relay:
                         await self._relay(client, upstream, session, stats)
                     stats.reason = "closed by both sides"
                 except* _PeerGone as group:
-                    stats.reason = str(group.exceptions[0])
+                    gone = group.exceptions[0]
+                    assert isinstance(gone, _PeerGone)
+                    stats.reason = str(gone)
+                    first = gone.ended or first
         finally:
             # One summary per connection, however it ended (also when the proxy stops mid-connect).
             leftovers: list[Event] = []
             if session is not None:
-                leftovers = session.close(Direction.C2S) + session.close(Direction.S2C)
+                leftovers = session.close(first) + session.close(first.other)
                 stats.jid = session.jid
             self._emit(stats.conn, [*leftovers, stats.summary()])
 
@@ -467,13 +477,15 @@ class Relay:
                     "negotiated STARTTLS"
                 ) from exc
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _PeerGone(f"{reader} reset the connection: {_why(exc)}") from exc
+                raise _PeerGone(f"{reader} reset the connection: {_why(exc)}", direction) from exc
             if not data:
                 self._emit(stats.conn, session.close(direction))
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     if held := session.release(Direction.S2C):
                         await client.send_all(held)
-                raise _PeerGone(f"{reader} closed the connection while xmppspy negotiated STARTTLS")
+                raise _PeerGone(
+                    f"{reader} closed the connection while xmppspy negotiated STARTTLS", direction
+                )
             chunk = bytes(data)
             self._observe(session, direction, chunk, stats)
             await _send(dest, session.forward(direction, chunk), writer)
@@ -508,7 +520,7 @@ class Relay:
             try:
                 data = await source.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _PeerGone(f"{reader} reset the connection: {_why(exc)}") from exc
+                raise _PeerGone(f"{reader} reset the connection: {_why(exc)}", direction) from exc
             if not data:
                 if leftovers := session.close(direction):
                     self._emit(stats.conn, leftovers)

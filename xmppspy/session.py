@@ -297,8 +297,9 @@ class Session:
     def close(self, direction: Direction) -> list[Event]:
         """That direction ended: report what it left unfinished (see ``StreamParser.close``).
 
-        A server that hangs up on a client's header without a byte is often a direct-TLS port
-        given as a plaintext one, and nothing else would say so."""
+        A server that hangs up on a client's header without a byte, while the client still
+        waits, is often a direct-TLS port given as a plaintext one, and nothing else would say
+        so."""
         parser = self.parsers[direction]
         silent = (
             direction is Direction.S2C
@@ -306,6 +307,7 @@ class Session:
             and parser.state is not State.CLOSED
             and parser.fed == 0
             and self.parsers[Direction.C2S].fed > 0
+            and self.parsers[Direction.C2S].state is not State.CLOSED  # it hung up first
         )
         events: list[Event] = [self._scrub(event) for event in parser.close()]
         if silent:
