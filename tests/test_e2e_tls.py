@@ -163,21 +163,26 @@ async def test_an_untrusted_server_is_refused_with_a_reason(
     assert "Traceback" not in proxy.stderr()
 
 
-async def test_direct_tls_on_both_sides(
-    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+@pytest.mark.parametrize("upstream", ["direct-tls", "starttls"])
+async def test_direct_tls_clients(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path, upstream: str
 ) -> None:
-    """XEP-0368: clients speak TLS from the first byte to --listen-tls; so does xmppspy upstream."""
+    """XEP-0368: clients speak TLS from the first byte to --listen-tls. xmppspy reaches the
+    server by direct TLS (--upstream-tls), or without it by its own STARTTLS on --upstream."""
     server, server_ca = tls_server
     client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
     (tls_port,) = free_loopback_ports(1)
     capture = tmp_path / "session.jsonl"
+    direct = (
+        *("--upstream-tls", f"{server.host}:{server.c2s_direct_tls_port}"),
+        *("--upstream-tls-name", server.domain),
+    )
     proxy = ProxyProcess(
         tmp_path,
         f"{server.host}:{server.c2s_port}",
         (
-            *("--listen-tls", f"127.0.0.1:{tls_port}"),
-            *("--upstream-tls", f"{server.host}:{server.c2s_direct_tls_port}"),
-            *("--upstream-tls-name", server.domain, "--upstream-ca", str(server_ca)),
+            *("--listen-tls", f"127.0.0.1:{tls_port}", "--upstream-ca", str(server_ca)),
+            *(direct if upstream == "direct-tls" else ()),
             *("--record", str(capture), "-q"),
         ),
     )
@@ -186,11 +191,16 @@ async def test_direct_tls_on_both_sides(
     with open_capture(capture) as reader:
         records = list(reader)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]
-    assert len(started) == 2 and all(s.intercepted and s.verified for s in started)
+    assert len(started) == 2
+    assert all(s.intercepted and s.verified and not s.stripped for s in started)
+    assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
     # from the first stream header on, everything was seen in clear
     assert not any(isinstance(r.event, Opaque) for r in records)
-    assert any(isinstance(r.event, Stanza) and r.event.kind is Kind.MESSAGE for r in records)
-    assert "direct TLS on 127.0.0.1:" in proxy.stderr()
+    where = f"direct TLS on 127.0.0.1:{tls_port}, relaying to "
+    if upstream == "direct-tls":
+        assert f"{where}{server.host}:{server.c2s_direct_tls_port};" in proxy.stderr()
+    else:
+        assert f"{where}{server.host}:{server.c2s_port} with STARTTLS;" in proxy.stderr()
 
 
 async def test_scram_through_interception_works_and_its_proof_is_not_recorded(
@@ -261,34 +271,6 @@ async def test_strip_lets_a_plaintext_client_use_a_server_that_requires_tls(
     for password in server.users.values():
         assert password.encode() not in capture.read_bytes()
         assert password not in shown
-
-
-async def test_a_direct_tls_client_reaches_a_starttls_only_port(
-    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
-) -> None:
-    """--listen-tls without --upstream-tls: XEP-0368 to xmppspy, STARTTLS from xmppspy on."""
-    server, server_ca = tls_server
-    client_ca = export_ca(home, tmp_path / "xmppspy-ca.pem")
-    (tls_port,) = free_loopback_ports(1)
-    capture = tmp_path / "session.jsonl"
-    proxy = ProxyProcess(
-        tmp_path,
-        f"{server.host}:{server.c2s_port}",
-        (
-            *("--listen-tls", f"127.0.0.1:{tls_port}", "--upstream-ca", str(server_ca)),
-            *("--record", str(capture), "-q"),
-        ),
-    )
-    result = await chat(server, proxy, client_ca, direct_tls_port=tls_port)
-    result.assert_ok()
-    with open_capture(capture) as reader:
-        records = list(reader)
-    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
-    assert len(started) == 2
-    assert all(s.intercepted and s.verified and not s.stripped for s in started)
-    assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
-    assert not any(isinstance(r.event, Opaque) for r in records)
-    assert f"relaying to {server.host}:{server.c2s_port} with STARTTLS" in proxy.stderr()
 
 
 async def test_an_upstream_that_is_a_direct_tls_port_is_named(

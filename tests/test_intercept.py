@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from dataclasses import dataclass
 
 import trio
 import trio.testing
@@ -211,11 +212,25 @@ async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason
 HEADER_S2 = HEADER_S.replace(b"id='s1'", b"id='s2'")
 
 
-def starttls_relay(
-    proxy_trusts: ssl.SSLContext, sink: Records, upstream: trio.abc.Stream
-) -> tuple[Relay, list[str]]:
-    """A relay that does STARTTLS with the server itself; it must never need a certificate
-    for plaintext clients (the list records every request for one)."""
+@dataclass
+class StarttlsRelay:
+    """A relay that does STARTTLS with the server itself, and the test's ends of its streams.
+
+    It must never need a certificate for plaintext clients: ``asked`` records every request.
+    """
+
+    relay: Relay
+    sink: Records
+    asked: list[str]
+    client: trio.abc.Stream
+    """The client's end; ``relay_client`` is the relay's (what a listener hands it)."""
+    relay_client: trio.abc.Stream
+    server: trio.abc.Stream
+
+
+def starttls_relay(proxy_trusts: ssl.SSLContext) -> StarttlsRelay:
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
     asked: list[str] = []
 
     def server_context(domain: str) -> ssl.SSLContext:
@@ -223,12 +238,14 @@ def starttls_relay(
         raise AssertionError("a stripped session needs no certificate of xmppspy's")
 
     async def open_upstream() -> trio.abc.Stream:
-        return upstream
+        return relay_server
 
     config = RelayConfig(
         "example.test:5222", tls=TlsSetup(server_context, proxy_trusts), starttls_upstream=True
     )
-    return Relay(config, open_upstream, sink), asked
+    sink = Records()
+    relay = Relay(config, open_upstream, sink)
+    return StarttlsRelay(relay, sink, asked, client, relay_client, server)
 
 
 async def play_starttls_server(server: trio.abc.Stream, context: ssl.SSLContext) -> bytes:
@@ -282,10 +299,15 @@ async def chat_with_starttls_server(
 
 async def test_strip_hides_starttls_and_encrypts_to_the_server_in_the_clients_place() -> None:
     real_server, proxy_trusts_server, _, _ = contexts()
-    client, relay_client = trio.testing.memory_stream_pair()
-    server, relay_server = trio.testing.memory_stream_pair()
-    sink = Records()
-    relay, asked = starttls_relay(proxy_trusts_server, sink, relay_server)
+    h = starttls_relay(proxy_trusts_server)
+    relay, sink, asked, client, relay_client, server = (
+        h.relay,
+        h.sink,
+        h.asked,
+        h.client,
+        h.relay_client,
+        h.server,
+    )
     # a plaintext client that never heard of STARTTLS
     seen, inside = await chat_with_starttls_server(relay, relay_client, client, server, real_server)
     # the client saw one stream: the server's stream from inside TLS, without -PLUS
@@ -319,10 +341,8 @@ async def test_strip_against_an_untrusted_server_tells_the_client_why() -> None:
     real_server, _, _, _ = contexts()
     proxy_trusts_nobody = ssl.create_default_context()
     proxy_trusts_nobody.load_verify_locations(cadata=trustme.CA().cert_pem.bytes().decode())
-    client, relay_client = trio.testing.memory_stream_pair()
-    server, relay_server = trio.testing.memory_stream_pair()
-    sink = Records()
-    relay, _ = starttls_relay(proxy_trusts_nobody, sink, relay_server)
+    h = starttls_relay(proxy_trusts_nobody)
+    relay, sink, client, relay_client, server = h.relay, h.sink, h.client, h.relay_client, h.server
 
     async def server_side() -> None:
         with contextlib.suppress(trio.BrokenResourceError, AssertionError):
@@ -345,10 +365,14 @@ async def test_strip_against_an_untrusted_server_tells_the_client_why() -> None:
 async def test_a_direct_tls_client_reaches_a_starttls_server() -> None:
     """XEP-0368 to xmppspy, STARTTLS from xmppspy to the server: both sides seen in clear."""
     real_server, proxy_trusts_server, proxy_as_server, client_trusts_proxy = contexts()
-    client_raw, relay_client_raw = trio.testing.memory_stream_pair()
-    server, relay_server = trio.testing.memory_stream_pair()
-    sink = Records()
-    relay, _ = starttls_relay(proxy_trusts_server, sink, relay_server)
+    h = starttls_relay(proxy_trusts_server)
+    relay, sink, client_raw, relay_client_raw, server = (
+        h.relay,
+        h.sink,
+        h.client,
+        h.relay_client,
+        h.server,
+    )
     # what the --listen-tls listener hands the relay: a server-side TLS stream
     relay_client = trio.SSLStream(
         relay_client_raw, proxy_as_server, server_side=True, https_compatible=True
@@ -365,10 +389,8 @@ async def test_a_direct_tls_client_reaches_a_starttls_server() -> None:
 
 async def test_strip_with_a_server_that_offers_no_starttls_relays_it_as_it_is() -> None:
     _, proxy_trusts_server, _, _ = contexts()
-    client, relay_client = trio.testing.memory_stream_pair()
-    server, relay_server = trio.testing.memory_stream_pair()
-    sink = Records()
-    relay, _ = starttls_relay(proxy_trusts_server, sink, relay_server)
+    h = starttls_relay(proxy_trusts_server)
+    relay, sink, client, relay_client, server = h.relay, h.sink, h.client, h.relay_client, h.server
 
     async def plaintext_server() -> None:
         await receive_until(server, b"version='1.0'>")
@@ -395,10 +417,8 @@ async def test_strip_with_a_server_that_offers_no_starttls_relays_it_as_it_is() 
 
 async def test_a_server_that_hangs_up_before_proceed_leaves_the_client_what_it_sent() -> None:
     _, proxy_trusts_server, _, _ = contexts()
-    client, relay_client = trio.testing.memory_stream_pair()
-    server, relay_server = trio.testing.memory_stream_pair()
-    sink = Records()
-    relay, _ = starttls_relay(proxy_trusts_server, sink, relay_server)
+    h = starttls_relay(proxy_trusts_server)
+    relay, sink, client, relay_client, server = h.relay, h.sink, h.client, h.relay_client, h.server
 
     async def vanishing_server() -> None:
         await receive_until(server, b"version='1.0'>")
