@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -339,3 +341,50 @@ async def test_a_client_that_refuses_xmppspys_certificate_is_explained(
     assert lines, proxy.stderr()
     assert all("for example.test" in line and "(xmppspy ca)" in line for line in lines)
     assert "Traceback" not in proxy.stderr()
+
+
+async def test_a_direct_tls_upstream_is_offered_alpn_xmpp_client(
+    tmp_path: Path, home: Path
+) -> None:
+    """XEP-0368 asks clients for ALPN xmpp-client; servers sharing port 443 route on it."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(tmp_path / "server-ca.pem")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("example.test").configure_cert(context)
+    context.set_alpn_protocols(["xmpp-client"])
+    offered: list[str | None] = []
+
+    async def server(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await tls.do_handshake()
+            offered.append(tls.selected_alpn_protocol())
+        await tls.aclose()
+
+    (tls_port,) = free_loopback_ports(1)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(
+                functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1")
+            )
+            port = listener.socket.getsockname()[1]
+            proxy = ProxyProcess(
+                tmp_path,
+                f"127.0.0.1:{port}",
+                (
+                    *("--listen-tls", f"127.0.0.1:{tls_port}"),
+                    *("--upstream-tls", f"127.0.0.1:{port}", "--upstream-tls-name", "example.test"),
+                    *("--upstream-ca", str(tmp_path / "server-ca.pem"), "-q"),
+                ),
+            )
+            proxy.start()
+            try:
+                client = await trio.open_tcp_stream("127.0.0.1", tls_port)  # xmppspy dials out
+                while not offered:
+                    await trio.sleep(0.02)
+                await client.aclose()
+            finally:
+                proxy.stop()
+                proxy.kill()
+            nursery.cancel_scope.cancel()
+    assert offered == ["xmpp-client"]

@@ -243,6 +243,8 @@ class TlsSetup:
     upstream_context: ssl.SSLContext
     direct_context: Callable[[str], ssl.SSLContext] | None = None
     """For direct-TLS clients: picks the certificate by SNI, ``domain`` when there is none."""
+    direct_upstream_context: ssl.SSLContext | None = None
+    """For a direct-TLS server (XEP-0368): the same trust, offering ALPN ``xmpp-client``."""
 
 
 def tls_facts(stream: trio.SSLStream[trio.abc.Stream], *, stripped: bool = False) -> TlsStarted:

@@ -100,15 +100,24 @@ def _tls_setup(
         fail(err, "--upstream-ca and --upstream-insecure contradict each other", 2)
     if key and not cert:
         fail(err, "--key goes with --cert", 2)
-    upstream = ssl.create_default_context()
-    if upstream_ca is not None:
-        try:
-            upstream.load_verify_locations(cafile=str(upstream_ca))
-        except ssl.SSLError as exc:
-            fail(err, f"--upstream-ca {upstream_ca}: not a PEM certificate ({exc.reason})")
+
+    def trusting() -> ssl.SSLContext:
+        """A client context that trusts what the person said about the server."""
+        context = ssl.create_default_context()
+        if upstream_ca is not None:
+            try:
+                context.load_verify_locations(cafile=str(upstream_ca))
+            except ssl.SSLError as exc:
+                fail(err, f"--upstream-ca {upstream_ca}: not a PEM certificate ({exc.reason})")
+        if upstream_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    upstream = trusting()
+    direct = trusting()  # for --upstream-tls; not shared, so that STARTTLS offers no ALPN
+    direct.set_alpn_protocols(["xmpp-client"])  # XEP-0368; what 443 multiplexers route on
     if upstream_insecure:
-        upstream.check_hostname = False
-        upstream.verify_mode = ssl.CERT_NONE
         err.print(
             "[bold yellow]xmppspy: --upstream-insecure: the server's certificate is not verified; "
             "anyone between xmppspy and the server can read and change the session.[/]"
@@ -120,9 +129,9 @@ def _tls_setup(
             own = certs.load_user_certificate(cert, key)
         except certs.CertificateError as exc:
             fail(err, str(exc))
-        return TlsSetup(lambda _domain: own, upstream, lambda _domain: own)
+        return TlsSetup(lambda _domain: own, upstream, lambda _domain: own, direct)
     authority = _LazyAuthority(err)
-    return TlsSetup(authority.server_context, upstream, authority.sni_context)
+    return TlsSetup(authority.server_context, upstream, authority.sni_context, direct)
 
 
 def _mechanism_list(err: Console, text: str | None) -> tuple[str, ...] | None:
@@ -186,7 +195,7 @@ def _direct_tls(
         upstream,
         name,
         context,
-        setup.upstream_context,
+        setup.direct_upstream_context or setup.upstream_context,
         dataclasses.replace(config, upstream=str(upstream), starttls_upstream=starttls),
         starttls,
     )
