@@ -6,12 +6,15 @@ import contextlib
 import ssl
 from dataclasses import dataclass
 
+import pytest
 import trio
 import trio.testing
 import trustme
 
+from xmppspy import relay as relay_module
 from xmppspy.events import (
     Direction,
+    Notice,
     Opaque,
     ParseError,
     Rewritten,
@@ -437,3 +440,32 @@ async def test_a_server_that_hangs_up_before_proceed_leaves_the_client_what_it_s
     assert seen == HEADER_S + FEATURES  # held back for TLS that never came: now the client's
     (done,) = [r.event for r in sink.records if type(r.event).__name__ == "Disconnected"]
     assert done.reason == "server closed the connection while xmppspy negotiated STARTTLS"
+
+
+async def test_strip_with_a_silent_server_gives_up_and_relays_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream that waits for the client (here an echo) would otherwise stall the session:
+    after the timeout xmppspy stops negotiating and relays everything, as a plain proxy would."""
+    monkeypatch.setattr(relay_module, "CONNECT_TIMEOUT", 0.3)
+    _, proxy_trusts_server, _, _ = contexts()
+    h = starttls_relay(proxy_trusts_server)
+
+    async def echo() -> None:
+        while data := await h.server.receive_some():
+            await h.server.send_all(data)
+        await h.server.aclose()
+
+    seen = b""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(h.relay.handle, h.relay_client, "test-client")
+            nursery.start_soon(echo)
+            await h.client.send_all(HEADER_C + SECRET)  # the header and a stanza, one write
+            seen = await receive_until(h.client, SECRET)
+            await h.client.send_all(b"</stream:stream>")
+            seen += await receive_until(h.client, b"</stream:stream>")
+            await h.client.aclose()
+    assert seen == HEADER_C + SECRET + b"</stream:stream>"  # all of it, in order, unchanged
+    (notice,) = h.sink.events(Notice)
+    assert "the server sent nothing more for 0.3 s" in notice.text

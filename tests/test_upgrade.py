@@ -274,3 +274,17 @@ def test_bytes_after_proceed_are_recorded_as_before_tls_and_never_sent() -> None
     (stray,) = [e for e in events if isinstance(e, Opaque)]
     assert stray.raw == junk and stray.reason is OpaqueReason.BEFORE_TLS
     assert server_sends(session, HEADER_S2 + NO_OFFER)[0] == HEADER_S2 + NO_OFFER
+
+
+def test_giving_up_for_a_silent_server_releases_everything_held() -> None:
+    session = upgrading()
+    early = b"<presence/>"
+    session.feed(C, HEADER_C + early)
+    assert session.forward(C, HEADER_C + early) == HEADER_C
+    assert server_sends(session, HEADER_S)[0] == b""  # a header, then silence
+    (notice,) = session.give_up("the server sent nothing more for 10 s")
+    assert isinstance(notice, Notice) and "nothing more for 10 s" in notice.text
+    assert session.forward(S, b"") == HEADER_S
+    assert session.take_injected() == early
+    assert session.negotiating is None
+    assert session.give_up("again") == []

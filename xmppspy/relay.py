@@ -464,7 +464,8 @@ class Relay:
         One side at a time (``Session.negotiating`` says which), so that only this task writes
         to the server: the client's header goes up, the server's header and features are held
         back, xmppspy sends ``<starttls/>``, and after ``<proceed/>`` and the handshake it sends
-        the client's header again. The client gets the server's stream from inside TLS on.
+        the client's header again. The client gets the server's stream from inside TLS on. A
+        server that stays silent gives up the negotiation: what was held goes on, as it came.
         """
         while (direction := session.negotiating) is not None:
             source, dest = (client, upstream) if direction is Direction.C2S else (upstream, client)
@@ -473,11 +474,13 @@ class Relay:
             try:
                 with waiting or contextlib.nullcontext():
                     data = await source.receive_some(READ_SIZE)
-            except trio.TooSlowError as exc:
-                raise _PeerGone(
-                    f"the server did not go on within {CONNECT_TIMEOUT:g} s while xmppspy "
-                    "negotiated STARTTLS"
-                ) from exc
+            except trio.TooSlowError:
+                # Not an XMPP server, or one waiting for the client: relay as a plain proxy would.
+                why = f"the server sent nothing more for {CONNECT_TIMEOUT:g} s"
+                self._emit(stats.conn, session.give_up(why))
+                await _send(client, session.forward(Direction.S2C, b""), "client")
+                await _send(upstream, session.take_injected(), "server")
+                break
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _PeerGone(f"{reader} reset the connection: {_why(exc)}", direction) from exc
             if not data:

@@ -231,6 +231,14 @@ class Session:
         except ValueError:
             return False
 
+    def give_up(self, why: str) -> list[Event]:
+        """Stop xmppspy's own STARTTLS for a reason the relay found (a silent server): what was
+        held back goes on as it came (``forward``, ``take_injected``)."""
+        out: list[Event] = []
+        if self._upgrade is not Upgrade.DONE and not self.tls_pending:
+            self._give_up(out, why)
+        return out
+
     def _give_up(self, out: list[Event], why: str) -> None:
         """No TLS with the server from xmppspy: relay what was held back, as it came."""
         self._upgrade = Upgrade.DONE
