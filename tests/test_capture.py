@@ -32,6 +32,7 @@ from xmppspy.events import (
     ParseError,
     Record,
     Stanza,
+    TlsStarted,
 )
 from xmppspy.session import Session
 
@@ -337,3 +338,19 @@ def test_tls_facts_and_rewrites_read_back(tmp_path: Path) -> None:
     write(path, records)
     with open_capture(path) as reader:
         assert list(reader) == records
+
+
+def test_the_shipped_tls_sample_shows_a_session_seen_inside_tls() -> None:
+    """captures/prosody-tls.jsonl (scripts/record-sample.py): STARTTLS intercepted, verified."""
+    path = Path(__file__).resolve().parent.parent / "captures" / "prosody-tls.jsonl"
+    with open_capture(path) as reader:
+        records = list(reader)
+    assert not reader.truncated and reader.lost == 0
+    started = [r.event for r in records if isinstance(r.event, TlsStarted)]
+    assert len(started) == 2 and all(s.intercepted and s.verified for s in started)
+    messages = [
+        r.event for r in records if isinstance(r.event, Stanza) and r.event.kind is Kind.MESSAGE
+    ]
+    assert any(b"It says 1 &lt; 2" in m.raw for m in messages)  # the chat, seen in clear
+    assert not any(isinstance(r.event, Opaque) for r in records)
+    assert b"sample-pw" not in path.read_bytes()

@@ -190,17 +190,23 @@ class View:
                         head + Text("TLS started: encrypted from here", "bold yellow"),
                         align="left",
                     )
-                trust = {True: "verified", False: "NOT VERIFIED", None: "unknown"}[event.verified]
                 what = (
-                    "TLS to the server only, the client in plaintext (--tls strip)"
-                    if event.stripped
-                    else "TLS intercepted"
+                    "TLS to the server only (--tls strip)" if event.stripped else "TLS intercepted"
                 )
-                facts = (
-                    f"{what}: {event.version} {event.cipher}; server certificate "
-                    f"{event.server_subject} issued by {event.server_issuer}, {trust}"
+                rule = Rule(
+                    head + Text(f"{what}: {event.version} {event.cipher}", "bold yellow"),
+                    align="left",
                 )
-                return Rule(head + Text(facts, "bold yellow"), align="left")
+                trust = {True: "verified", False: "NOT VERIFIED", None: "unknown"}[event.verified]
+                facts = Text.assemble(
+                    ("server certificate ", "yellow"),
+                    (trust, "bold green" if event.verified else "bold red"),
+                    (f": {event.server_subject}\nissued by {event.server_issuer}", "yellow"),
+                    (f"\nSHA-256 {event.server_fingerprint}", "dim"),
+                )
+                if event.stripped:
+                    facts.append("\nthe client's side of the stream stays plaintext", "yellow")
+                return Group(rule, Padding(facts, (0, 0, 0, 4)))
             case Bound():
                 return head + Text(f"bound as {event.jid}", "bold green")
             case Rewritten():
