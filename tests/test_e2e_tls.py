@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import ssl
@@ -106,7 +107,7 @@ async def test_intercepted_session_is_seen_in_clear_and_works(
     proxy = ProxyProcess(
         tmp_path,
         f"{server.host}:{server.c2s_port}",
-        ("--record", str(capture), "--upstream-ca", str(server_ca), "-q"),
+        ("--record", str(capture), "--upstream-ca", str(server_ca)),  # the view on, too
     )
     result = await chat(server, proxy, client_ca)
     result.assert_ok()  # the clients trusted xmppspy's certificate for example.test
@@ -128,8 +129,12 @@ async def test_intercepted_session_is_seen_in_clear_and_works(
     assert sorted(b for b in sent if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
     assert not any(isinstance(r.event, Opaque) for r in records)
     content = capture.read_bytes()
-    for password in server.users.values():
-        assert password.encode() not in content
+    output = proxy.stdout() + proxy.stderr()
+    assert "TLS intercepted: TLSv1." in output and "server certificate verified" in output
+    for user, password in server.users.items():
+        plain = base64.b64encode(f"\0{user}\0{password}".encode())  # the PLAIN payload
+        assert password.encode() not in content and plain not in content
+        assert password not in output and plain.decode() not in output
 
 
 async def test_passthrough_relays_tls_unseen(
