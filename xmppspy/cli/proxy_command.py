@@ -402,8 +402,10 @@ def proxy(
 ) -> None:
     """Relay XMPP clients to a server and show every stanza, live.
 
-    Point your client at the --listen address (and tell it not to use DNS SRV or TLS if it
-    insists on them); xmppspy connects each client to --upstream and shows both directions.
+    Point your client at the --listen address (a host and port, so that it does not look up
+    DNS SRV records); xmppspy connects each client to --upstream and shows both directions.
+    STARTTLS is intercepted with a certificate from xmppspy's CA: make the client trust it
+    (`xmppspy ca`), or use --tls strip for a client that cannot.
 
     Example: `xmppspy proxy --upstream xmpp.example.org --record session.jsonl`
     """
