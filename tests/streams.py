@@ -37,6 +37,18 @@ PLAIN_PAYLOAD = b"AGp1bGlldABXaDNyM2YwcmUtQXJ0LVRoMHU="
 FULL_JID = "juliet@localhost/balcony"
 BIND_ID = "948ad0e8cdae43ab9ccf4be8cfa8199d"
 
+# -- the smallest headers, for relay, session and capture tests -----------------------------------
+
+HEADER_C = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
+)
+HEADER_S = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
+)
+
+
 # -- the plaintext login --------------------------------------------------------------------------
 
 CLIENT_HEADER = (

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from streams import HEADER_C, HEADER_S
 
 from xmppspy.capture import (
     RETRY_SECONDS,
@@ -36,14 +37,6 @@ from xmppspy.events import (
 )
 from xmppspy.session import Session
 
-HEADER_C = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
-)
-HEADER_S = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
-)
 PLAIN = base64.b64encode(b"\0alice\0s3cret-passw0rd")
 
 

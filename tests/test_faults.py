@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from streams import HEADER_C, HEADER_S
 
 import xmppspy.relay
 from xmppspy.capture import CaptureWriter, create_capture_file, open_capture
@@ -33,14 +34,6 @@ from xmppspy.relay import (
 )
 
 C2S, S2C = Direction.C2S, Direction.S2C
-HEADER_C = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
-)
-HEADER_S = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
-)
 FEATURES = (
     b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
     b"<mechanism>PLAIN</mechanism></mechanisms></stream:features>"

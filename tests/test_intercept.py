@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from streams import HEADER_C, HEADER_S
 
 from xmppspy import relay as relay_module
 from xmppspy.events import (
@@ -24,14 +25,6 @@ from xmppspy.events import (
 )
 from xmppspy.relay import Relay, RelayConfig, TlsSetup
 
-HEADER_C = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
-)
-HEADER_S = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
-)
 FEATURES = b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
 STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 PROCEED = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"

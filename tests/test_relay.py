@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 import trio.testing
+from streams import HEADER_C, HEADER_S
 
 from xmppspy.events import (
     Connected,
@@ -23,14 +24,6 @@ from xmppspy.events import (
 )
 from xmppspy.relay import UPSTREAM_FAILED, ChannelSink, FanOut, Relay, RelayConfig
 
-HEADER_C = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
-)
-HEADER_S = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
-)
 FEATURES_TLS = (
     b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>"
 )

@@ -10,6 +10,7 @@ import itertools
 
 from hypothesis import example, given
 from hypothesis import strategies as st
+from streams import HEADER_C, HEADER_S
 
 from xmppspy.events import (
     Direction,
@@ -26,14 +27,6 @@ from xmppspy.events import (
 from xmppspy.session import STARTTLS, Session
 
 C, S = Direction.C2S, Direction.S2C
-HEADER_C = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"
-)
-HEADER_S = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-    b"xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>"
-)
 HEADER_S2 = HEADER_S.replace(b"id='s1'", b"id='s2'")
 OFFER = (
     b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
