@@ -384,13 +384,34 @@ async def test_a_direct_tls_upstream_is_offered_alpn_xmpp_client(
                 ),
             )
             proxy.start()
+            insecure = ssl.create_default_context()  # only the server's side matters here
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
             try:
-                client = await trio.open_tcp_stream("127.0.0.1", tls_port)  # xmppspy dials out
-                while not offered:
-                    await trio.sleep(0.02)
-                await client.aclose()
+                tcp = await trio.open_tcp_stream("127.0.0.1", tls_port)
+                async with trio.SSLStream(tcp, insecure, server_hostname="example.test") as client:
+                    await client.do_handshake()  # then xmppspy dials out
+                    while not offered:
+                        await trio.sleep(0.02)
             finally:
                 proxy.stop()
                 proxy.kill()
             nursery.cancel_scope.cancel()
     assert offered == ["xmpp-client"]
+
+
+async def test_a_direct_tls_client_that_refuses_xmppspys_certificate_is_explained(
+    tls_server: tuple[ProsodyServer, Path], tmp_path: Path, home: Path
+) -> None:
+    server, server_ca = tls_server
+    (tls_port,) = free_loopback_ports(1)
+    proxy = ProxyProcess(
+        tmp_path,
+        f"{server.host}:{server.c2s_port}",
+        ("--listen-tls", f"127.0.0.1:{tls_port}", "--upstream-ca", str(server_ca), "-q"),
+    )
+    result = await chat(server, proxy, server_ca, timeout=3, direct_tls_port=tls_port)
+    assert not result.ok
+    lines = [line for line in proxy.stderr().splitlines() if "TLS with the client failed" in line]
+    assert lines and all("make it trust xmppspy's CA (xmppspy ca)" in line for line in lines)
+    assert "Traceback" not in proxy.stderr()

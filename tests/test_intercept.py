@@ -462,3 +462,37 @@ async def test_strip_with_a_silent_server_gives_up_and_relays_as_it_is(
     assert seen == HEADER_C + SECRET + b"</stream:stream>"  # all of it, in order, unchanged
     (notice,) = h.sink.events(Notice)
     assert "the server sent nothing more for 0.3 s" in notice.text
+
+
+async def test_a_direct_tls_client_that_refuses_the_certificate_is_explained() -> None:
+    """--listen-tls: the handshake comes first; the server is not even dialled."""
+    _, _, proxy_as_server, _ = contexts()
+    trusts_someone_else = ssl.create_default_context()
+    trustme.CA().configure_trust(trusts_someone_else)
+    client_raw, relay_client_raw = trio.testing.memory_stream_pair()
+    dialled: list[str] = []
+
+    async def open_upstream() -> trio.abc.Stream:
+        dialled.append("server")
+        raise AssertionError("no server for a client that refused TLS")
+
+    relay = Relay(RelayConfig("example.test:5222"), open_upstream, Records())
+    relay_client = trio.SSLStream(
+        relay_client_raw, proxy_as_server, server_side=True, https_compatible=True
+    )
+    client = trio.SSLStream(
+        client_raw, trusts_someone_else, server_hostname="example.test", https_compatible=True
+    )
+
+    async def refuse() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await client.do_handshake()
+        await client_raw.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "test-client")
+            nursery.start_soon(refuse)
+    assert dialled == []
+    reason = relay.connections[0].reason
+    assert reason.startswith("TLS with the client failed (") and "(xmppspy ca)" in reason

@@ -324,6 +324,8 @@ class Relay:
         first = Direction.C2S
         try:
             async with client:
+                if isinstance(client, trio.SSLStream) and not await _client_tls(client, stats):
+                    return
                 try:
                     with trio.fail_after(CONNECT_TIMEOUT):
                         upstream = await self.open_upstream()
@@ -609,6 +611,21 @@ async def _accept_loop(
                 await stream.aclose()
                 continue
             nursery.start_soon(handle, stream, f"{host}:{port}")
+
+
+async def _client_tls(client: trio.SSLStream[Any], stats: ConnectionStats) -> bool:
+    """A direct-TLS client's handshake, before the server is dialled: a client that will not
+    have xmppspy's certificate is told apart from one that leaves later."""
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await client.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        stats.reason = (
+            f"TLS with the client failed ({_why(exc)}): if it refused xmppspy's certificate, "
+            "make it trust xmppspy's CA (xmppspy ca)"
+        )
+        return False
+    return True
 
 
 async def _send(stream: trio.abc.Stream, data: bytes, who: str) -> None:
