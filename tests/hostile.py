@@ -509,4 +509,6 @@ _ALL = _case_list(Path("/nonexistent/secret.txt"))
 NAMES = tuple(case.name for case in _ALL)
 BIG = frozenset(case.name for case in _ALL if case.big)
 """Cases too big to send one byte at a time."""
+SERVER_NAMES = tuple(case.name for case in _ALL if case.direction is S2C)
+"""Cases a server plays."""
 del _ALL

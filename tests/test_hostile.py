@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import time
 import tracemalloc
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ from hostile import (
     PRESENCE,
     SECRET,
     SERVER_HEADER,
+    SERVER_NAMES,
     Case,
     cases,
 )
@@ -515,3 +517,51 @@ async def test_the_real_proxy_survives_the_corpus(tmp_path: Path, secret: Path) 
     assert SECRET not in output
     assert SECRET.encode() not in capture.read_bytes()
     assert "parse error at byte" in proxy.stdout()
+
+
+@pytest.mark.parametrize("name", SERVER_NAMES)
+async def test_server_cases_under_strip(name: str, secret: Path) -> None:
+    """--tls strip holds the server's first bytes back while it negotiates: whatever a hostile
+    server sends, the client gets it unchanged (or, if TLS was agreed and then failed, a stream
+    error saying so), the capture holds every byte, and the relay ends the connection cleanly."""
+    case = the_case(name, secret)
+    client, relay_client = trio.testing.memory_stream_pair()
+    server, relay_server = trio.testing.memory_stream_pair()
+
+    async def open_upstream() -> trio.abc.Stream:
+        return relay_server
+
+    tls = xmppspy.relay.TlsSetup(
+        lambda _: ssl.create_default_context(), ssl.create_default_context()
+    )
+    config = RelayConfig(
+        "example.test:5222", max_stanza_size=case.max_stanza_size, tls=tls, starttls_upstream=True
+    )
+    sink = Recorder()
+    relay = Relay(config, open_upstream, sink)
+
+    async def play_server() -> None:
+        await receive_exactly(server, len(CLIENT_HEADER))
+        await server.send_all(case.data)
+        await server.send_eof()
+        await drain(server)  # whatever xmppspy says (<starttls/>, a ClientHello), until it hangs up
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay.handle, relay_client, "127.0.0.1:40000")
+            nursery.start_soon(play_server)
+            await client.send_all(CLIENT_HEADER)
+            got = bytearray()
+            while chunk := await client.receive_some(READ_SIZE):
+                got += chunk
+            await client.send_eof()
+    (stats,) = relay.connections
+    if name == "server-proceed-then-tls":  # STARTTLS agreed, then no TLS: said, in XMPP
+        assert bytes(got).startswith(b"<?xml version='1.0'?><stream:stream ")
+        assert b"TLS with the server failed" in got
+        assert stats.reason.startswith("TLS with the server failed")
+    else:
+        assert hashlib.sha256(got).digest() == hashlib.sha256(case.data).digest()
+    assert sink.size[S2C] == len(case.data)
+    assert sink.digest[S2C].digest() == hashlib.sha256(case.data).digest()
+    assert stats.reason != "proxy stopped"
