@@ -98,8 +98,8 @@ class Session:
         self._client_rest = b""
         """Client bytes read with its header but after it: they go to the server after TLS."""
         self._header_end: int | None = None
-        """Where the client's header ends, counted over the bytes fed while waiting for it."""
-        self._client_fed = 0
+        """Where the client's header ends in its byte stream, until the read that holds it is
+        forwarded."""
         self._client_parsed = 0
         self.domain: str | None = None
         """The server's domain, from the client's stream header: the name TLS is for."""
@@ -119,8 +119,6 @@ class Session:
 
     def feed(self, direction: Direction, data: bytes) -> list[Event]:
         """Take bytes that travelled in ``direction``; return what they tell."""
-        if self._upgrade is Upgrade.CLIENT_HEADER and direction is Direction.C2S:
-            self._client_fed += len(data)
         pending: deque[WireEvent] = deque(self.parsers[direction].feed(data))
         out: list[Event] = []
         while pending:
@@ -166,7 +164,7 @@ class Session:
     def _forward_client(self, data: bytes) -> bytes:
         if self._header_end is None:
             return data
-        keep = self._header_end - (self._client_fed - len(data))
+        keep = self._header_end - (self.parsers[Direction.C2S].fed - len(data))
         self._header_end = None
         if self._upgrade is Upgrade.DONE:
             return data  # the negotiation was given up in this very read: relay as it came
