@@ -421,7 +421,7 @@ class Relay:
         try:
             server_side = await self._server_tls(upstream, domain)
         except _ServerTlsFailed as exc:
-            await _refuse_in_tls(client_side, str(exc))
+            await _tell_why(client_side, str(exc))  # inside the TLS the client asked for
             raise _PeerGone(str(exc)) from exc
         try:
             await client_side.do_handshake()
@@ -485,8 +485,7 @@ class Relay:
                 break
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _PeerGone(f"{reader} reset the connection: {_why(exc)}", direction) from exc
-            if not data:
-                self._emit(stats.conn, session.close(direction))
+            if not data:  # the held bytes are the client's; the teardown closes this side first
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     if held := session.release(Direction.S2C):
                         await client.send_all(held)
@@ -501,11 +500,7 @@ class Relay:
                 try:
                     upstream = await self._server_tls(upstream, self._domain(session))
                 except _ServerTlsFailed as exc:
-                    with (
-                        trio.move_on_after(REFUSE_TIMEOUT),
-                        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-                    ):
-                        await client.send_all(stream_error(f"xmppspy: {exc}"))
+                    await _tell_why(client, str(exc))
                     raise _PeerGone(str(exc)) from exc
                 assert isinstance(upstream, trio.SSLStream)
                 started = tls_facts(upstream, stripped=not isinstance(client, trio.SSLStream))
@@ -645,16 +640,18 @@ def _why(exc: BaseException) -> str:
     return reason(exc, timeout=CONNECT_TIMEOUT)
 
 
-async def _refuse_in_tls(client: trio.SSLStream[_Replayed], reason: str) -> None:
-    """The server cannot be trusted: tell the client so in XMPP, inside the TLS it asked for."""
-    error = stream_error(f"xmppspy: {reason}")
+async def _tell_why(client: trio.abc.Stream, reason: str) -> None:
+    """The server cannot be had: tell the client so in XMPP, a whole stream with its error.
+
+    Over TLS (the client's own, or the one it just asked for) the first send does the
+    handshake, and closing sends close_notify after the error."""
     with (
         trio.move_on_after(REFUSE_TIMEOUT),
         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
     ):
-        await client.do_handshake()
-        await client.send_all(error)
-        await client.aclose()
+        await client.send_all(stream_error(f"xmppspy: {reason}"))
+        if isinstance(client, trio.SSLStream):
+            await client.aclose()
 
 
 async def _refuse(client: trio.abc.Stream) -> None:
