@@ -233,12 +233,19 @@ class JsonView:
             raise ViewGone from None
 
 
-def warn_lost(err: Console, capture: Path, reader: CaptureReader) -> None:
-    """A capture the proxy could not write in full says so, whatever the filters showed."""
+def warn_incomplete(err: Console, capture: Path, reader: CaptureReader, covered: str) -> None:
+    """A capture with holes or a cut end says so, whatever the filters showed; ``covered``
+    says what the command's output covers then."""
+    name = escape(str(capture))
     if reader.lost:
         err.print(
-            f"[yellow]xmppspy: {escape(str(capture))} lacks {reader.lost} events the proxy "
-            "could not write (a full disk); a notice in the capture marks each gap[/]"
+            f"[yellow]xmppspy: {name} lacks {reader.lost} events the proxy could not write "
+            "(a full disk); a notice in the capture marks each gap[/]"
+        )
+    if reader.truncated:
+        err.print(
+            f"[yellow]xmppspy: {name} ends in a cut line (the proxy was stopped while "
+            f"writing); {covered}[/]"
         )
 
 

@@ -30,7 +30,7 @@ from xmppspy.cli.common import (
     fail,
     parse_address,
     silence_stdout,
-    warn_lost,
+    warn_incomplete,
     with_filters,
 )
 from xmppspy.events import Bound, Record
@@ -221,12 +221,7 @@ def replay(
     except ViewGone:
         silence_stdout()
         raise typer.Exit(0) from None
-    warn_lost(err, capture, reader)
-    if reader.truncated:
-        err.print(
-            f"[yellow]xmppspy: {escape(str(capture))} ends in a cut line (the proxy was stopped "
-            "while writing); everything before it was shown[/]"
-        )
+    warn_incomplete(err, capture, reader, "everything before it was shown")
 
 
 @dataclass(frozen=True)

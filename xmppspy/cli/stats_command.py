@@ -6,7 +6,6 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from xmppspy.capture import CaptureError, open_capture
 from xmppspy.cli.common import (
@@ -17,7 +16,7 @@ from xmppspy.cli.common import (
     consoles,
     fail,
     silence_stdout,
-    warn_lost,
+    warn_incomplete,
     with_filters,
 )
 from xmppspy.stats import Stats
@@ -52,12 +51,7 @@ def stats(
                     counts.feed(record)
     except CaptureError as exc:
         fail(err, str(exc))
-    warn_lost(err, capture, reader)
-    if reader.truncated:
-        err.print(
-            f"[yellow]xmppspy: {escape(str(capture))} ends in a cut line (the proxy was stopped "
-            "while writing); the figures cover everything before it[/]"
-        )
+    warn_incomplete(err, capture, reader, "the figures cover everything before it")
     report = counts.report()
     try:
         if json_:
