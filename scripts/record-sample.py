@@ -23,13 +23,12 @@ import tempfile
 from pathlib import Path
 
 import trio
-import trustme
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.clients import run_chat_scenario  # noqa: E402
-from support.prosody import ProsodyServer  # noqa: E402
+from support.prosody import ProsodyServer, tls_prosody  # noqa: E402
 from support.proxy import ProxyProcess  # noqa: E402
 
 SCRIPT = {
@@ -87,20 +86,9 @@ async def main() -> None:
         os.environ["XMPPSPY_HOME"] = str(workdir / "xmppspy-home")  # the proxy inherits it
         with ProsodyServer(workdir / "prosody", users=USERS) as prosody:
             await record(workdir, prosody, CAPTURES / "prosody-chat.jsonl")
-        ca = trustme.CA()
-        leaf = ca.issue_cert("example.test")
-        leaf.cert_chain_pems[0].write_to_path(workdir / "cert.pem")
-        leaf.private_key_pem.write_to_path(workdir / "key.pem")
-        ca.cert_pem.write_to_path(workdir / "server-ca.pem")
-        tls = ProsodyServer(
-            workdir / "prosody-tls",
-            users=USERS,
-            require_encryption=True,
-            certificate=workdir / "cert.pem",
-            key=workdir / "key.pem",
-        )
+        tls, server_ca = tls_prosody(workdir / "tls", USERS)
         with tls:
-            options = ("--upstream-ca", str(workdir / "server-ca.pem"))
+            options = ("--upstream-ca", str(server_ca))
             await record(workdir, tls, CAPTURES / "prosody-tls.jsonl", options)
 
 

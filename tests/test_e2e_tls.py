@@ -16,7 +16,7 @@ import trio
 import trustme
 from conftest import E2E_USERS
 from support.clients import ALICE_TO_BOB, run_chat_scenario
-from support.prosody import ProsodyServer, free_loopback_ports
+from support.prosody import ProsodyServer, free_loopback_ports, tls_prosody
 from support.proxy import ProxyProcess
 
 from xmppspy.capture import open_capture
@@ -30,22 +30,10 @@ BODY = "{jabber:client}body"
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProsodyServer, Path]]:
     """A Prosody with c2s_require_encryption, its certificate from a CA of the test's own."""
-    workdir = tmp_path_factory.mktemp("tls-prosody")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("example.test")
-    leaf.cert_chain_pems[0].write_to_path(workdir / "cert.pem")
-    leaf.private_key_pem.write_to_path(workdir / "key.pem")
-    ca.cert_pem.write_to_path(workdir / "server-ca.pem")
-    server = ProsodyServer(
-        workdir / "prosody",
-        users=E2E_USERS,
-        require_encryption=True,
-        certificate=workdir / "cert.pem",
-        key=workdir / "key.pem",
-    )
+    server, server_ca = tls_prosody(tmp_path_factory.mktemp("tls-prosody"), E2E_USERS)
     server.start()
     try:
-        yield server, workdir / "server-ca.pem"
+        yield server, server_ca
     finally:
         server.stop()
 

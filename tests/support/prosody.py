@@ -447,3 +447,24 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def tls_prosody(workdir: Path, users: Mapping[str, str]) -> tuple[ProsodyServer, Path]:
+    """A Prosody (not started) that requires TLS, its certificate for ``DEFAULT_DOMAIN`` from a
+    throwaway CA; and that CA's certificate (PEM), for whoever must trust the server."""
+    import trustme  # a test dependency; only TLS set-ups need it
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert(DEFAULT_DOMAIN)
+    leaf.cert_chain_pems[0].write_to_path(workdir / "cert.pem")
+    leaf.private_key_pem.write_to_path(workdir / "key.pem")
+    ca.cert_pem.write_to_path(workdir / "server-ca.pem")
+    server = ProsodyServer(
+        workdir / "prosody",
+        users=users,
+        require_encryption=True,
+        certificate=workdir / "cert.pem",
+        key=workdir / "key.pem",
+    )
+    return server, workdir / "server-ca.pem"
