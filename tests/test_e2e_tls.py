@@ -20,7 +20,16 @@ from support.prosody import ProsodyServer, free_loopback_ports, tls_prosody
 from support.proxy import ProxyProcess
 
 from xmppspy.capture import open_capture
-from xmppspy.events import Direction, Kind, Opaque, OpaqueReason, Rewritten, Stanza, TlsStarted
+from xmppspy.events import (
+    Direction,
+    Kind,
+    Opaque,
+    OpaqueReason,
+    Record,
+    Rewritten,
+    Stanza,
+    TlsStarted,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +62,12 @@ def export_ca(home: Path, target: Path) -> Path:
         timeout=60,
     )
     return target
+
+
+def recorded(capture: Path) -> list[Record]:
+    """Every record of a capture."""
+    with open_capture(capture) as reader:
+        return list(reader)
 
 
 async def chat(
@@ -99,8 +114,7 @@ async def test_intercepted_session_is_seen_in_clear_and_works(
     )
     result = await chat(server, proxy, client_ca)
     result.assert_ok()  # the clients trusted xmppspy's certificate for example.test
-    with open_capture(capture) as reader:
-        records = list(reader)
+    records = recorded(capture)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]
     assert len(started) == 2  # both connections
     assert all(s.intercepted and s.verified for s in started)
@@ -137,8 +151,7 @@ async def test_passthrough_relays_tls_unseen(
     )
     result = await chat(server, proxy, server_ca)  # the clients verify the real server
     result.assert_ok()
-    with open_capture(capture) as reader:
-        records = list(reader)
+    records = recorded(capture)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]
     assert started and not any(s.intercepted for s in started)
     opaque = [r.event for r in records if isinstance(r.event, Opaque)]
@@ -183,8 +196,7 @@ async def test_direct_tls_clients(
     )
     result = await chat(server, proxy, client_ca, direct_tls_port=tls_port)
     result.assert_ok()
-    with open_capture(capture) as reader:
-        records = list(reader)
+    records = recorded(capture)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]
     assert len(started) == 2
     assert all(s.intercepted and s.verified and not s.stripped for s in started)
@@ -212,8 +224,7 @@ async def test_scram_through_interception_works_and_its_proof_is_not_recorded(
     )
     result = await chat(server, proxy, client_ca, mechanism="SCRAM-SHA-1")
     result.assert_ok()
-    with open_capture(capture) as reader:
-        records = list(reader)
+    records = recorded(capture)
     stanzas = [r.event for r in records if isinstance(r.event, Stanza)]
     auths = [s for s in stanzas if s.kind is Kind.SASL_AUTH]
     assert auths and all(b"SCRAM-SHA-1" in s.raw for s in auths)
@@ -247,8 +258,7 @@ async def test_strip_lets_a_plaintext_client_use_a_server_that_requires_tls(
     )
     result = await chat(server, proxy, None)  # plaintext slixmpp clients, no CA to trust
     result.assert_ok()
-    with open_capture(capture) as reader:
-        records = list(reader)
+    records = recorded(capture)
     started = [r.event for r in records if isinstance(r.event, TlsStarted)]
     assert len(started) == 2 and all(s.stripped and s.verified for s in started)
     assert sorted(b for b in message_bodies(records) if b in ALICE_TO_BOB) == sorted(ALICE_TO_BOB)
@@ -310,8 +320,7 @@ async def test_scram_through_strip_works(
     )
     result = await chat(server, proxy, None, mechanism="SCRAM-SHA-1")
     result.assert_ok()
-    with open_capture(capture) as reader:
-        records = list(reader)
+    records = recorded(capture)
     auths = [
         r.event for r in records if isinstance(r.event, Stanza) and r.event.kind is Kind.SASL_AUTH
     ]

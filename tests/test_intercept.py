@@ -58,6 +58,15 @@ async def receive_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
     return data
 
 
+async def agree_to_starttls(server: trio.abc.Stream, context: ssl.SSLContext) -> trio.SSLStream:
+    """A server that requires STARTTLS, up to its <proceed/>: the TLS stream it then speaks."""
+    assert await receive_until(server, b"version='1.0'>") == HEADER_C
+    await server.send_all(HEADER_S + FEATURES)
+    assert await receive_until(server, STARTTLS) == STARTTLS
+    await server.send_all(PROCEED)
+    return trio.SSLStream(server, context, server_side=True, https_compatible=True)
+
+
 def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
     """The real server's CA and xmppspy's CA: server and client contexts for each."""
     server_ca, proxy_ca = trustme.CA(), trustme.CA()
@@ -94,11 +103,7 @@ async def test_intercepted_starttls_shows_the_stanzas_inside_and_relays_them() -
     )
 
     async def play_server() -> None:
-        await receive_until(server, b"version='1.0'>")
-        await server.send_all(HEADER_S + FEATURES)
-        await receive_until(server, STARTTLS)
-        await server.send_all(PROCEED)
-        tls = trio.SSLStream(server, real_server, server_side=True, https_compatible=True)
+        tls = await agree_to_starttls(server, real_server)
         await tls.do_handshake()
         await receive_until(tls, b"version='1.0'>")
         await tls.send_all(HEADER_S + PLUS_FEATURES)  # the restarted stream's features
@@ -173,11 +178,7 @@ async def test_an_untrusted_server_certificate_ends_the_connection_with_a_reason
     )
 
     async def play_server() -> None:
-        await receive_until(server, b"version='1.0'>")
-        await server.send_all(HEADER_S + FEATURES)
-        await receive_until(server, STARTTLS)
-        await server.send_all(PROCEED)
-        tls = trio.SSLStream(server, real_server, server_side=True, https_compatible=True)
+        tls = await agree_to_starttls(server, real_server)
         with contextlib.suppress(trio.BrokenResourceError):  # the proxy hangs up on us
             await tls.do_handshake()
 
@@ -246,12 +247,7 @@ def starttls_relay(proxy_trusts: ssl.SSLContext) -> StarttlsRelay:
 
 async def play_starttls_server(server: trio.abc.Stream, context: ssl.SSLContext) -> bytes:
     """A server that requires STARTTLS; returns what it got inside TLS."""
-    first = await receive_until(server, b"version='1.0'>")
-    assert first == HEADER_C
-    await server.send_all(HEADER_S + FEATURES)
-    assert await receive_until(server, STARTTLS) == STARTTLS
-    await server.send_all(PROCEED)
-    tls = trio.SSLStream(server, context, server_side=True, https_compatible=True)
+    tls = await agree_to_starttls(server, context)
     await tls.do_handshake()
     inside = await receive_until(tls, b"version='1.0'>")
     await tls.send_all(HEADER_S2 + PLUS_FEATURES)
