@@ -423,8 +423,24 @@ def send_stream(port: int, data: bytes, timeout: float) -> float:
         return started
 
 
+class Rates:
+    """Throughput of a transfer of ``bytes`` (``stanzas``) in ``seconds``."""
+
+    seconds: float
+    bytes: int
+    stanzas: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / MB / self.seconds
+
+    @property
+    def stanzas_per_s(self) -> float:
+        return self.stanzas / self.seconds
+
+
 @dataclass
-class ThroughputResult:
+class ThroughputResult(Rates):
     name: str
     seconds: float
     bytes: int
@@ -438,14 +454,6 @@ class ThroughputResult:
     capture_lines: int | None = None
     capture_events: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / MB / self.seconds
-
-    @property
-    def stanzas_per_s(self) -> float:
-        return self.stanzas / self.seconds
 
 
 _EVENT = re.compile(rb'"event":"([^"]*)"')

@@ -63,6 +63,7 @@ from run import (
     LatencyResult,
     OtherLoad,
     Pinger,
+    Rates,
     RssSampler,
     Stream,
     build_stream,
@@ -339,7 +340,7 @@ class Route:
 
 
 @dataclass
-class TlsThroughput:
+class TlsThroughput(Rates):
     name: str
     setup_s: float
     seconds: float
@@ -357,14 +358,6 @@ class TlsThroughput:
     capture_bytes: int | None = None
     capture_kinds: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes / MB / self.seconds
-
-    @property
-    def stanzas_per_s(self) -> float:
-        return self.stanzas / self.seconds
 
 
 def cpu_seconds(pid: int) -> float:
